@@ -1,0 +1,216 @@
+"""
+# Harvest: download the day's image URLs on Celery workers
+
+Reads a list of image URLs, spreads the downloads over the Celery workers in **batches** (one mapped
+task instance per batch, not per URL), and records every URL's outcome in Postgres in one
+transaction — the Celery *chord* of `download_image(url)` tasks with a collecting callback, grown up.
+
+```
+read_sources ─► plan_batches ─► download_batch × N (mapped, on workers) ─► record_results
+```
+
+## Where the URLs come from
+| how the run starts | what it reads |
+|---|---|
+| the daily schedule, a backfill | `HARVEST_URL_LIST_URI/<YYYY-MM-DD>.txt` (or `.csv`, `.txt.gz`, `.csv.gz`) for the run's logical date |
+| *Trigger* with **URLs** filled in | exactly those URLs |
+| *Trigger* with **Source** | `table` (`harvest.url_sources` for the date), `file` (the day's list), or a list URI (`file://`, `s3://`, `https://…`) |
+
+A day without a list file is not a failure: the run records `outcome = no_source` with the paths it
+looked at in `harvest.runs`, and `record_results` ends *skipped* (no Asset event).
+
+## What it writes
+- `harvest.downloads`: one row per (run key, URL) with status, HTTP status, sha256, size, dimensions,
+  attempts, latency and an error text a person can act on. The run key is the logical date for
+  scheduled and backfill runs, the run id for a manual run without one. Re-running replaces the
+  run key's rows: never duplicates.
+- `harvest.objects`: one row per stored blob, stored once by SHA-256 under `HARVEST_STORAGE_URI`.
+- `harvest.runs`: the run summary (counts per status, bytes, duration, throughput, p50/p95).
+- Asset `harvest://results/downloads` is updated when a run recorded its results.
+
+## Statuses
+`ok`, `not_modified`, `rejected`, `blocked`, `http_error`, `timeout`, `connection_error`,
+`too_large`, `too_many_redirects`, `invalid_content`, `skipped` — see the README.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+HARVEST_RESULTS = Asset(name="harvest_downloads", uri="harvest://results/downloads")
+
+# Beyond this many mapped task instances Airflow refuses to expand ([core] max_map_length).
+MAX_BATCHES = 1024
+
+PARAMS = {
+    "urls": Param(
+        None,
+        type=["null", "string"],
+        title="URLs",
+        description="One URL per line. When given, exactly these are downloaded instead of the day's list.",
+        format="multiline",
+    ),
+    "source": Param(
+        None,
+        type=["null", "string"],
+        title="Source",
+        description=(
+            "Where the URL list comes from: 'file' (the list for the run's date, the default), "
+            "'table' (harvest.url_sources for the date), or the URI of a list file "
+            "(file:///…, s3://…, https://…)."
+        ),
+        pattern=r"^(file|table|[a-z][a-z0-9+.-]*://\S+)$",
+    ),
+    "batch_size": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=100_000,
+        title="Batch size",
+        description="URLs per mapped task. Empty: sized automatically (grown so a run stays within 1024 batches).",
+    ),
+    "concurrency": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=256,
+        title="Concurrency per batch",
+        description="Parallel downloads inside one batch task. Empty: HARVEST_CONCURRENCY or 32.",
+    ),
+    "per_host_concurrency": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=64,
+        title="Concurrency per host",
+        description="Requests in flight to one host across all workers. Empty: HARVEST_PER_HOST_CONCURRENCY or 8.",
+    ),
+    "max_mb": Param(
+        None,
+        type=["null", "number"],
+        exclusiveMinimum=0,
+        maximum=2048,
+        title="Largest file (MiB)",
+        description="Bodies larger than this are recorded as too_large. Empty: HARVEST_MAX_BYTES or 20 MiB.",
+    ),
+    "accept_any_content": Param(
+        False,
+        type="boolean",
+        title="Accept any content",
+        description="Store files that are not images too (their type is still sniffed from the bytes).",
+    ),
+    "force": Param(
+        False,
+        type="boolean",
+        title="Force re-download",
+        description="Ignore ETag / Last-Modified from earlier runs and download everything again.",
+    ),
+}
+
+
+def _run_context() -> Any:
+    from include.harvest.pipeline import RunContext
+
+    dag_run = get_current_context()["dag_run"]
+    return RunContext(
+        dag_run_id=dag_run.run_id,
+        run_type=str(dag_run.run_type),
+        logical_date=dag_run.logical_date,
+        run_after=dag_run.run_after,
+        started_at=dag_run.start_date,
+    )
+
+
+def _fetch_settings(params: dict[str, Any]) -> Any:
+    from include.harvest.settings import FetchSettings
+
+    max_mb = params.get("max_mb")
+    return FetchSettings.from_env(
+        concurrency=params.get("concurrency"),
+        per_host_concurrency=params.get("per_host_concurrency"),
+        max_bytes=int(max_mb * 1024 * 1024) if max_mb else None,
+        accept_any_content=params.get("accept_any_content") or None,
+    )
+
+
+@dag(
+    dag_id="harvest",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    tags=["harvest", "images"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def harvest() -> None:
+    @task
+    def read_sources(params: dict[str, Any]) -> dict[str, Any]:
+        """Read the run's URL list, normalise and de-duplicate it; invalid lines become rejected rows."""
+        from include.harvest import hooks, pipeline
+
+        uris = hooks.deployment_uris()
+        return pipeline.read_sources(
+            _run_context(),
+            urls=params.get("urls"),
+            source=params.get("source"),
+            list_base_uri=uris["url_list_uri"],
+            work_uri=uris["work_uri"],
+            connect=hooks.results_db_connection,
+            settings=_fetch_settings(params),
+        )
+
+    @task
+    def plan_batches(manifest: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Split the URLs into batches, one mapped download task each."""
+        from include.harvest import hooks, pipeline
+
+        return pipeline.plan(
+            manifest,
+            work_uri=hooks.deployment_uris()["work_uri"],
+            dag_run_id=get_current_context()["dag_run"].run_id,
+            batch_size=params.get("batch_size"),
+            max_batches=MAX_BATCHES,
+        )
+
+    @task(map_index_template="{{ batch_label }}", retry_delay=timedelta(seconds=10))
+    def download_batch(batch: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Fetch, validate and store one batch of URLs; every URL ends as exactly one result."""
+        from include.harvest import hooks, pipeline
+
+        get_current_context()["batch_label"] = batch["label"]
+        return pipeline.download(
+            batch,
+            settings=_fetch_settings(params),
+            storage_uri=hooks.deployment_uris()["storage_uri"],
+            connect=hooks.results_db_connection,
+            use_previous=not params.get("force"),
+        )
+
+    # none_failed: an empty list skips the mapped task, and the run must still be recorded.
+    @task(trigger_rule="none_failed", outlets=[HARVEST_RESULTS])
+    def record_results(manifest: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str, Any]:
+        """The reduce: write every URL's outcome and the run summary to Postgres in one transaction."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.harvest import hooks, pipeline
+
+        summary = pipeline.record(_run_context(), manifest, batches or [], connect=hooks.results_db_connection)
+        print(summary.format())
+        if manifest["outcome"] == "no_source":
+            # Recorded in harvest.runs; skipping emits no Asset event for a day without data.
+            raise AirflowSkipException(manifest["reason"])
+        return {"urls": summary.urls_total, "counts": summary.counts, "bytes": summary.bytes_total}
+
+    manifest = read_sources()
+    batches = download_batch.expand(batch=plan_batches(manifest))
+    record_results(manifest, batches)
+
+
+harvest()

@@ -1,0 +1,94 @@
+"""Cutting a run's URLs into batches: one mapped Airflow task instance per batch.
+
+A task instance costs about 0.3-0.5 s of scheduling and process start, and one URL about 1 ms from a
+fast server, so batches hold hundreds to thousands of URLs: orchestration stays a small share of
+the run. Airflow refuses to map over more than ``[core] max_map_length`` items (1024 by default),
+so a large list gets larger batches rather than more of them.
+
+Sizing rule, for ``n`` URLs:
+
+1. start from ``batch_size`` if given, else :data:`DEFAULT_BATCH_SIZE`;
+2. if ``ceil(n / size)`` batches would exceed ``max_batches``, grow the size to
+   ``ceil(n / max_batches)`` (logged as a warning when it overrides an explicit ``batch_size``);
+3. split into ``ceil(n / size)`` contiguous batches whose lengths differ by at most one, so the last
+   batch is not a straggler of a few URLs: no batch is longer than the size chosen.
+
+The list order is kept: concatenating the batches gives the input back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from include.harvest.models import UrlItem
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_BATCHES", "choose_batch_size", "describe_batch", "plan_batches"]
+
+log = logging.getLogger(__name__)
+
+# Starting point; to be tuned by the benchmark (bench/). 1000 URLs at ~1 ms each is about a second
+# of fetching per task against ~0.5 s of task overhead, spread over the workers' concurrency.
+DEFAULT_BATCH_SIZE = 1000
+# Airflow's default [core] max_map_length.
+DEFAULT_MAX_BATCHES = 1024
+
+
+def choose_batch_size(
+    count: int, *, batch_size: int | None = None, max_batches: int = DEFAULT_MAX_BATCHES
+) -> int:
+    """The largest batch length :func:`plan_batches` will use for ``count`` URLs."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_batches < 1:
+        raise ValueError(f"max_batches must be at least 1, got {max_batches}")
+    size = batch_size or DEFAULT_BATCH_SIZE
+    if count > size * max_batches:
+        grown = math.ceil(count / max_batches)
+        if batch_size is not None:
+            log.warning(
+                "batch_size %d would make %d batches for %d urls, over max_batches %d: using batches of %d",
+                batch_size,
+                math.ceil(count / batch_size),
+                count,
+                max_batches,
+                grown,
+            )
+        size = grown
+    return size
+
+
+def plan_batches(
+    items: Sequence[UrlItem],
+    *,
+    batch_size: int | None = None,
+    max_batches: int = DEFAULT_MAX_BATCHES,
+) -> list[list[UrlItem]]:
+    """Split ``items`` into at most ``max_batches`` contiguous, balanced batches (see the module doc).
+
+    Empty input gives ``[]`` (the mapped task is then skipped).
+    """
+    count = len(items)
+    size = choose_batch_size(count, batch_size=batch_size, max_batches=max_batches)
+    if count == 0:
+        return []
+    batches = math.ceil(count / size)
+    base, extra = divmod(count, batches)  # the first `extra` batches get one more item
+    plan: list[list[UrlItem]] = []
+    start = 0
+    for index in range(batches):
+        end = start + base + (1 if index < extra else 0)
+        plan.append(list(items[start:end]))
+        start = end
+    log.info("planned %d urls into %d batches of up to %d", count, batches, base + (1 if extra else 0))
+    return plan
+
+
+def describe_batch(batch: Sequence[UrlItem]) -> str:
+    """A short label for the UI, e.g. ``500 urls · 2 hosts``."""
+    hosts = {urlsplit(item.url).hostname for item in batch}
+    urls_word = "url" if len(batch) == 1 else "urls"
+    hosts_word = "host" if len(hosts) == 1 else "hosts"
+    return f"{len(batch)} {urls_word} · {len(hosts)} {hosts_word}"

@@ -1,0 +1,450 @@
+"""The results database: recording a run (the reduce) and reading what earlier runs fetched.
+
+Everything goes through a connection the caller opens (in the DAG, from the ``harvest_db`` Airflow
+connection): psycopg2 or psycopg 3, since Airflow's ``PostgresHook`` hands out psycopg 3 connections
+when psycopg 3 and SQLAlchemy 2 are installed. Rows are expected as tuples (the default cursor).
+The schema comes from :mod:`include.harvest.migrations`.
+
+:func:`record_run` is idempotent per run key: however often a run (or a backfill of its date) is
+recorded, ``harvest.downloads`` ends with exactly one row per URL of the latest recording, and
+``harvest.runs`` with one summary row.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any
+
+from include.harvest.models import Result, Status
+
+__all__ = ["COPY_CHUNK_ROWS", "RunInfo", "RunSummary", "load_previous", "record_run"]
+
+log = logging.getLogger(__name__)
+
+# Results are copied to Postgres this many at a time: memory stays at one chunk of text however
+# many results the run has, and each COPY round trip is large enough to be cheap.
+COPY_CHUNK_ROWS = 5_000
+
+# The columns of harvest.downloads that come from a Result, in COPY order.
+_RESULT_COLUMNS = (
+    "url",
+    "status",
+    "http_status",
+    "final_url",
+    "content_type",
+    "bytes",
+    "sha256",
+    "width",
+    "height",
+    "storage_uri",
+    "attempts",
+    "elapsed_ms",
+    "error",
+    "etag",
+    "last_modified",
+    "fetched_at",
+    "source_line",
+    "meta",
+)
+
+# "Fetched" for latency percentiles: a request was made. Rejected, skipped and guard-blocked URLs
+# take no network time and would drag the percentiles towards zero.
+_FETCHED = "(attempts > 0 OR status NOT IN ('rejected', 'blocked', 'skipped'))"
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Which DAG run is being recorded. ``run_key`` is the logical date, or the run id without one."""
+
+    run_key: str
+    dag_run_id: str
+    run_type: str | None
+    logical_date: datetime | None
+    source: str
+    started_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What :func:`record_run` wrote to ``harvest.runs`` (plus rows removed from an earlier recording)."""
+
+    run_key: str
+    source: str
+    outcome: str
+    reason: str | None
+    counts: dict[str, int]
+    urls_total: int
+    bytes_total: int
+    batches: int
+    started_at: datetime | None
+    finished_at: datetime
+    duration_s: float | None
+    urls_per_s: float | None
+    p50_ms: int | None
+    p95_ms: int | None
+    stale_rows_removed: int = 0
+    objects_added: int = 0
+
+    def format(self) -> str:
+        """A short table for the task log."""
+        lines = [f"run {self.run_key} · {self.outcome} · {self.source}"]
+        if self.reason:
+            lines.append(f"  reason      {self.reason}")
+        width = max([len(status) for status in self.counts] + [10])
+        for status in sorted(self.counts, key=lambda s: (-self.counts[s], s)):
+            lines.append(f"  {status:<{width}}  {self.counts[status]:>8}")
+        lines.append(
+            f"  {'total':<{width}}  {self.urls_total:>8} urls · {_human_bytes(self.bytes_total)} · "
+            f"{self.batches} batches"
+        )
+        timing = [f"{self.duration_s:.1f} s" if self.duration_s is not None else "duration unknown"]
+        if self.urls_per_s is not None:
+            timing.append(f"{self.urls_per_s:.1f} urls/s")
+        if self.p50_ms is not None:
+            timing.append(f"p50 {self.p50_ms} ms · p95 {self.p95_ms} ms")
+        lines.append(f"  {'time':<{width}}  " + " · ".join(timing))
+        if self.stale_rows_removed:
+            lines.append(f"  removed {self.stale_rows_removed} rows of an earlier recording not in this run")
+        return "\n".join(lines)
+
+
+def record_run(
+    conn: Any,
+    run: RunInfo,
+    results: Iterable[Result],
+    *,
+    batches: int,
+    outcome: str = "recorded",
+    reason: str | None = None,
+) -> RunSummary:
+    """Write a run's results and summary in one transaction, replacing any earlier recording of it.
+
+    ``results`` is consumed once, :data:`COPY_CHUNK_ROWS` at a time, into a temporary table; then
+    ``harvest.downloads`` gets the latest outcome per URL (a URL seen twice, e.g. from a retried
+    batch, keeps its last result), rows of this run key absent from ``results`` are deleted,
+    ``harvest.objects`` gains the new blobs and ``harvest.runs`` the summary. Nothing is visible to
+    other sessions until the final commit; on any error nothing is written.
+
+    The connection's own transaction is used and committed: pass a connection with no pending
+    work of its own.
+    """
+    with _transaction(conn), conn.cursor() as cur:
+        # Two recordings of the same run key (a retry racing its original) take turns; different
+        # run keys (a backfill's runs) proceed in parallel.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"harvest.run:{run.run_key}",))
+        loaded = _copy_results(cur, results)
+        summary = _write(cur, run, batches=batches, outcome=outcome, reason=reason)
+    log.info(
+        "recorded run %s: %d results received, %d urls kept, %d stale rows removed, %d new objects",
+        run.run_key,
+        loaded,
+        summary.urls_total,
+        summary.stale_rows_removed,
+        summary.objects_added,
+    )
+    return summary
+
+
+def _copy_results(cur: Any, results: Iterable[Result]) -> int:
+    cur.execute(
+        """
+        CREATE TEMP TABLE harvest_incoming (
+            seq           bigint   NOT NULL,
+            url           text     NOT NULL,
+            status        text     NOT NULL,
+            http_status   integer,
+            final_url     text,
+            content_type  text,
+            bytes         bigint,
+            sha256        text,
+            width         integer,
+            height        integer,
+            storage_uri   text,
+            attempts      integer  NOT NULL,
+            elapsed_ms    integer  NOT NULL,
+            error         text,
+            etag          text,
+            last_modified text,
+            fetched_at    timestamptz,
+            source_line   integer,
+            meta          jsonb
+        ) ON COMMIT DROP
+        """
+    )
+    copy_sql = f"COPY harvest_incoming (seq, {', '.join(_RESULT_COLUMNS)}) FROM STDIN"
+    total = 0
+    rows = _copy_lines(results)
+    while chunk := list(islice(rows, COPY_CHUNK_ROWS)):
+        _copy_in(cur, copy_sql, "".join(chunk))
+        total += len(chunk)
+    # Temp tables have no statistics until analysed; the joins below need them for a sane plan.
+    cur.execute("ANALYZE harvest_incoming")
+    return total
+
+
+@contextmanager
+def _transaction(conn: Any) -> Iterator[None]:
+    """One transaction, committed on success and rolled back on any error, for both drivers.
+
+    (``with conn:`` differs between them: psycopg 3 closes the connection at the end of the block.)
+    """
+    autocommit = conn.autocommit
+    if autocommit:
+        conn.autocommit = False
+    try:
+        yield
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        if autocommit:
+            conn.autocommit = True
+
+
+def _copy_in(cur: Any, sql: str, data: str) -> None:
+    if hasattr(cur, "copy_expert"):  # psycopg2
+        cur.copy_expert(sql, io.StringIO(data))
+    else:  # psycopg 3
+        with cur.copy(sql) as copy:
+            copy.write(data)
+
+
+def _copy_lines(results: Iterable[Result]) -> Iterator[str]:
+    for seq, result in enumerate(results):
+        if not isinstance(result, Result):
+            raise TypeError(f"record_run expects Result objects, got {type(result).__name__}")
+        values = (
+            seq,
+            result.url,
+            str(result.status),
+            result.http_status,
+            result.final_url,
+            result.content_type,
+            result.bytes,
+            result.sha256,
+            result.width,
+            result.height,
+            result.storage_uri,
+            result.attempts,
+            result.elapsed_ms,
+            result.error,
+            result.etag,
+            result.last_modified,
+            result.fetched_at,
+            result.line,
+            json.dumps(result.meta, ensure_ascii=False, default=str) if result.meta else None,
+        )
+        yield "\t".join(_copy_field(value) for value in values) + "\n"
+
+
+_COPY_ESCAPES = re.compile(r"[\\\t\n\r\x00]")
+_COPY_ESCAPE_MAP = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": "\ufffd"}
+
+
+def _copy_field(value: Any) -> str:
+    """One field in COPY text format: NULL as ``\\N``, backslash/tab/newline escaped."""
+    if value is None:
+        return "\\N"
+    text = value if isinstance(value, str) else str(value)
+    if not text.isascii():
+        # Lone surrogates cannot be sent to Postgres; keep them visible as escapes instead.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # NUL cannot be stored in Postgres text; it is replaced rather than failing the whole run.
+    return _COPY_ESCAPES.sub(lambda m: _COPY_ESCAPE_MAP[m.group()], text)
+
+
+_WRITE_SQL = """
+-- The latest result per URL: a retried batch may have sent a URL twice.
+CREATE TEMP TABLE harvest_latest ON COMMIT DROP AS
+SELECT DISTINCT ON (url) * FROM harvest_incoming ORDER BY url, seq DESC;
+CREATE UNIQUE INDEX ON harvest_latest (url);
+ANALYZE harvest_latest;
+"""
+
+_UPSERT_DOWNLOADS = """
+INSERT INTO harvest.downloads AS d (
+    run_key, url, status, http_status, final_url, content_type, bytes, sha256, width, height,
+    storage_uri, attempts, elapsed_ms, error, etag, last_modified, fetched_at, source_line, meta,
+    dag_run_id, recorded_at)
+SELECT %(run_key)s, url, status, http_status, final_url, content_type, bytes, sha256, width, height,
+    storage_uri, attempts, elapsed_ms, error, etag, last_modified, fetched_at, source_line, meta,
+    %(dag_run_id)s, now()
+FROM harvest_latest
+ORDER BY url
+ON CONFLICT (run_key, url) DO UPDATE SET
+    status = EXCLUDED.status, http_status = EXCLUDED.http_status, final_url = EXCLUDED.final_url,
+    content_type = EXCLUDED.content_type, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256,
+    width = EXCLUDED.width, height = EXCLUDED.height, storage_uri = EXCLUDED.storage_uri,
+    attempts = EXCLUDED.attempts, elapsed_ms = EXCLUDED.elapsed_ms, error = EXCLUDED.error,
+    etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, fetched_at = EXCLUDED.fetched_at,
+    source_line = EXCLUDED.source_line, meta = EXCLUDED.meta, dag_run_id = EXCLUDED.dag_run_id,
+    recorded_at = EXCLUDED.recorded_at
+"""
+
+_DELETE_STALE = """
+DELETE FROM harvest.downloads AS d
+WHERE d.run_key = %(run_key)s
+  AND NOT EXISTS (SELECT 1 FROM harvest_latest AS l WHERE l.url = d.url)
+"""
+
+# Sorted by sha256 so concurrent runs inserting overlapping blobs take row locks in the same
+# order and cannot deadlock.
+_INSERT_OBJECTS = """
+INSERT INTO harvest.objects (sha256, bytes, content_type, width, height, storage_uri)
+SELECT DISTINCT ON (sha256) sha256, bytes, coalesce(content_type, 'application/octet-stream'),
+    width, height, storage_uri
+FROM harvest_latest
+WHERE status = 'ok' AND sha256 IS NOT NULL AND bytes IS NOT NULL AND storage_uri IS NOT NULL
+ORDER BY sha256, seq DESC
+ON CONFLICT (sha256) DO NOTHING
+"""
+
+_SUMMARY = f"""
+SELECT
+    count(*),
+    coalesce(sum(bytes) FILTER (WHERE status = 'ok'), 0),
+    (SELECT coalesce(jsonb_object_agg(status, n), '{{}}'::jsonb)
+       FROM (SELECT status, count(*) AS n FROM harvest_latest GROUP BY status) AS per_status),
+    round(percentile_cont(0.5) WITHIN GROUP (ORDER BY elapsed_ms) FILTER (WHERE {_FETCHED})),
+    round(percentile_cont(0.95) WITHIN GROUP (ORDER BY elapsed_ms) FILTER (WHERE {_FETCHED})),
+    clock_timestamp()
+FROM harvest_latest
+"""
+
+_UPSERT_RUN = """
+INSERT INTO harvest.runs (
+    run_key, dag_run_id, run_type, logical_date, source, outcome, reason, urls_total, status_counts,
+    bytes_total, batches, started_at, finished_at, duration_s, urls_per_s, p50_ms, p95_ms)
+VALUES (
+    %(run_key)s, %(dag_run_id)s, %(run_type)s, %(logical_date)s, %(source)s, %(outcome)s, %(reason)s,
+    %(urls_total)s, %(status_counts)s::jsonb, %(bytes_total)s, %(batches)s, %(started_at)s, %(finished_at)s,
+    %(duration_s)s, %(urls_per_s)s, %(p50_ms)s, %(p95_ms)s)
+ON CONFLICT (run_key) DO UPDATE SET
+    dag_run_id = EXCLUDED.dag_run_id, run_type = EXCLUDED.run_type,
+    logical_date = EXCLUDED.logical_date, source = EXCLUDED.source, outcome = EXCLUDED.outcome,
+    reason = EXCLUDED.reason, urls_total = EXCLUDED.urls_total,
+    status_counts = EXCLUDED.status_counts, bytes_total = EXCLUDED.bytes_total,
+    batches = EXCLUDED.batches, started_at = EXCLUDED.started_at,
+    finished_at = EXCLUDED.finished_at, duration_s = EXCLUDED.duration_s,
+    urls_per_s = EXCLUDED.urls_per_s, p50_ms = EXCLUDED.p50_ms, p95_ms = EXCLUDED.p95_ms
+"""
+
+
+def _write(cur: Any, run: RunInfo, *, batches: int, outcome: str, reason: str | None) -> RunSummary:
+    keys = {"run_key": run.run_key, "dag_run_id": run.dag_run_id}
+    cur.execute(_WRITE_SQL)
+    cur.execute(_UPSERT_DOWNLOADS, keys)
+    cur.execute(_DELETE_STALE, keys)
+    stale = cur.rowcount
+    cur.execute(_INSERT_OBJECTS)
+    objects_added = cur.rowcount
+    cur.execute(_SUMMARY)
+    urls_total, bytes_total, counts, p50, p95, finished_at = cur.fetchone()
+
+    duration_s: float | None = None
+    urls_per_s: float | None = None
+    started_at = run.started_at
+    if started_at is not None:
+        if started_at.tzinfo is None:  # Airflow's dates are UTC; a naive one is taken as UTC
+            started_at = started_at.replace(tzinfo=UTC)
+        duration_s = max((finished_at - started_at).total_seconds(), 0.0)
+        urls_per_s = urls_total / duration_s if duration_s > 0 else None
+    summary = RunSummary(
+        run_key=run.run_key,
+        source=run.source,
+        outcome=outcome,
+        reason=reason,
+        counts={str(k): int(v) for k, v in counts.items()},
+        urls_total=int(urls_total),
+        bytes_total=int(bytes_total),
+        batches=batches,
+        started_at=run.started_at,
+        finished_at=finished_at,
+        duration_s=duration_s,
+        urls_per_s=urls_per_s,
+        p50_ms=None if p50 is None else int(p50),
+        p95_ms=None if p95 is None else int(p95),
+        stale_rows_removed=stale,
+        objects_added=objects_added,
+    )
+    cur.execute(
+        _UPSERT_RUN,
+        {
+            **keys,
+            "run_type": run.run_type,
+            "logical_date": run.logical_date,
+            "source": run.source,
+            "outcome": outcome,
+            "reason": reason,
+            "urls_total": summary.urls_total,
+            "status_counts": json.dumps(summary.counts, sort_keys=True),
+            "bytes_total": summary.bytes_total,
+            "batches": batches,
+            "started_at": run.started_at,
+            "finished_at": finished_at,
+            "duration_s": duration_s,
+            "urls_per_s": urls_per_s,
+            "p50_ms": summary.p50_ms,
+            "p95_ms": summary.p95_ms,
+        },
+    )
+    return summary
+
+
+def load_previous(conn: Any, urls: Sequence[str]) -> dict[str, Result]:
+    """The newest ``ok`` download of each URL, across all runs, for conditional requests.
+
+    Each value carries the validators (``etag``, ``last_modified``) and what was stored
+    (``sha256``, ``storage_uri``, ``content_type``, ``bytes``, ``width``, ``height``); URLs never
+    fetched successfully are absent. One query per call.
+    """
+    if not urls:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT DISTINCT ON (url) url, http_status, final_url, etag, last_modified, sha256,
+                storage_uri, content_type, bytes, width, height, fetched_at
+            FROM harvest.downloads
+            WHERE url = ANY(%s) AND status = 'ok'
+            ORDER BY url, fetched_at DESC NULLS LAST, recorded_at DESC
+            """,
+            (list(urls),),
+        )
+        rows = cur.fetchall()
+    previous: dict[str, Result] = {}
+    for url, http_status, final_url, etag, last_modified, sha256, uri, ctype, size, w, h, fetched in rows:
+        previous[url] = Result(
+            url=url,
+            status=Status.OK,
+            http_status=http_status,
+            final_url=final_url,
+            etag=etag,
+            last_modified=last_modified,
+            sha256=sha256,
+            storage_uri=uri,
+            content_type=ctype,
+            bytes=size,
+            width=w,
+            height=h,
+            fetched_at=fetched.isoformat() if fetched is not None else None,
+        )
+    return previous
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"  # pragma: no cover

@@ -1,0 +1,108 @@
+"""Settings of the download engine, with named defaults.
+
+The DAG builds a :class:`FetchSettings` from its Params and the deployment's environment
+(:func:`FetchSettings.from_env`); the library never reads Airflow configuration itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "FetchSettings",
+]
+
+# Site owners read this to know who is fetching: deployments set HARVEST_USER_AGENT with a contact.
+DEFAULT_USER_AGENT = "Harvest/0.1 (image harvester; contact: set HARVEST_USER_AGENT)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchSettings:
+    """How one batch fetches its URLs. Every limit has a sane default."""
+
+    # time
+    connect_timeout: float = 5.0  # seconds to open a connection
+    read_timeout: float = 10.0  # seconds of silence allowed between two reads
+    total_timeout: float = 30.0  # seconds for one attempt, whatever the server does
+    batch_deadline: float | None = None  # seconds for the whole batch; URLs left are `skipped`
+
+    # concurrency
+    concurrency: int = 32  # threads fetching inside one batch task
+    per_host_concurrency: int = 8  # requests in flight to one host, across all workers
+
+    # size and shape
+    max_bytes: int = 20 * 1024 * 1024  # body cap, declared or counted
+    max_redirects: int = 5
+    max_pixels: int = 50_000_000  # larger images are refused as decompression bombs
+    accept_any_content: bool = False  # store non-images too (still sniffed and typed)
+    allow_svg: bool = False  # SVG can carry scripts: off unless asked
+
+    # retries
+    max_attempts: int = 4  # first try included
+    backoff_base: float = 0.5  # seconds; doubled per attempt, with full jitter
+    backoff_max: float = 10.0
+    retry_after_cap: float = 60.0  # longest Retry-After honoured; beyond it, give up
+
+    # politeness and safety
+    user_agent: str = DEFAULT_USER_AGENT
+    respect_robots_tag: bool = True  # X-Robots-Tag noai / noimageai / none => blocked
+    block_private_addresses: bool = True  # the SSRF guard
+    allow_hosts: tuple[str, ...] = ()  # hosts or CIDRs the guard lets through (tests, demo)
+
+    # incremental
+    conditional_requests: bool = True  # send If-None-Match / If-Modified-Since when known
+
+    # coordination across workers (per-host slots and pauses); None = this process only
+    redis_url: str | None = None
+
+    progress_interval: float = 5.0  # seconds between progress lines in the task log
+
+    def replace(self, **changes: Any) -> FetchSettings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> FetchSettings:
+        """Settings from ``HARVEST_*`` environment variables, then ``overrides`` (Params)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"HARVEST_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("allow_hosts"), list | str):
+            values["allow_hosts"] = _split(values["allow_hosts"])
+        return cls(**values)
+
+
+def _split(raw: str | list[str]) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    if "bool" in text:
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"HARVEST_{name.upper()}={raw!r} is not a boolean (use true or false)")
+    if "tuple" in text:
+        return _split(raw)
+    try:
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"HARVEST_{name.upper()}={raw!r} is not a number") from exc
+    if raw == "" and "None" in text:
+        return None
+    return raw

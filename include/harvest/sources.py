@@ -1,0 +1,400 @@
+"""Where a run's URLs come from, read into one shape: :class:`SourceRead`.
+
+Sources:
+
+- a list file for the run's date under a base URI (:func:`read_list_for_date`), or an explicit list
+  file (:func:`read_list`): ``.txt`` or ``.csv``, optionally gzipped, on a local path or any fsspec
+  URI (``file://``, ``s3://``, ``memory://``);
+- a list served over http(s) (:func:`read_remote_list`), fetched by the caller's guarded client;
+- the ``harvest.url_sources`` table (:func:`read_table`);
+- the ``urls`` Param of a manual run (:func:`parse_manual`).
+
+Every URL is normalised (:func:`include.harvest.urls.normalize_url`) and de-duplicated, keeping its
+first occurrence. A line that is not a usable URL never raises: it becomes a ``rejected``
+:class:`~include.harvest.models.Result` with the line number and the reason.
+
+Errors::
+
+    SourceError            the source cannot be read at all
+    ├── SourceNotFound     no list where one was expected (the message names every path tried)
+    └── SourceFormatError  the list exists but its shape is wrong (e.g. a CSV without a url column)
+
+Formats:
+
+- ``.txt``: one URL a line; blank lines and lines starting with ``#`` are ignored, and so is
+  anything after whitespace followed by ``#`` (a URL cannot contain whitespace, so this is never
+  part of a URL).
+- ``.csv``: a header row naming the columns, one of them ``url`` (any case); the other columns are
+  kept per URL as ``meta``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import IO, Any
+
+from include.harvest.models import Result, Status, UrlItem
+from include.harvest.urls import MAX_URL_LENGTH, InvalidUrl, normalize_url
+
+__all__ = [
+    "LIST_SUFFIXES",
+    "SourceError",
+    "SourceFormatError",
+    "SourceNotFound",
+    "SourceRead",
+    "list_path_for",
+    "parse_manual",
+    "read_list",
+    "read_list_for_date",
+    "read_remote_list",
+    "read_table",
+]
+
+log = logging.getLogger(__name__)
+
+# Looked for in this order; the first that exists is read.
+LIST_SUFFIXES = (".txt", ".txt.gz", ".csv", ".csv.gz")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_INLINE_COMMENT = re.compile(r"\s#")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class SourceError(Exception):
+    """A URL source that cannot be read at all."""
+
+
+class SourceNotFound(SourceError, FileNotFoundError):
+    """No list where one was expected; ``candidates`` holds every path looked at."""
+
+    def __init__(self, message: str, candidates: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates)
+
+
+class SourceFormatError(SourceError, ValueError):
+    """The list exists but cannot be parsed (e.g. a CSV without a ``url`` column)."""
+
+
+@dataclass(slots=True)
+class SourceRead:
+    """The URLs of one source, ready to plan.
+
+    ``items`` are normalised and unique (first occurrence kept, with its line number);
+    ``rejected`` holds one ``rejected`` result per distinct unusable line; ``duplicates`` counts the
+    lines dropped because an earlier line gave the same URL (or the same rejected text).
+    """
+
+    origin: str
+    items: list[UrlItem] = field(default_factory=list)
+    rejected: list[Result] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def lines_read(self) -> int:
+        """URL lines seen (comments and blank lines excluded)."""
+        return len(self.items) + len(self.rejected) + self.duplicates
+
+    def summary(self) -> str:
+        """One log line: ``file:///…/2026-01-05.txt: 980 urls, 12 rejected, 8 duplicates``."""
+        return (
+            f"{self.origin}: {len(self.items)} urls, {len(self.rejected)} rejected, "
+            f"{self.duplicates} duplicates"
+        )
+
+
+class _Collector:
+    """Builds a SourceRead line by line: normalise, de-duplicate, reject with a reason."""
+
+    def __init__(self, origin: str, line_word: str = "line") -> None:
+        self.read = SourceRead(origin=origin)
+        self._seen: set[str] = set()
+        self._line_word = line_word
+
+    def add(self, raw: str, line: int, meta: dict[str, Any] | None = None) -> None:
+        try:
+            url = normalize_url(raw)
+        except InvalidUrl as exc:
+            self.reject(raw, line, exc.reason, meta)
+            return
+        if url in self._seen:
+            self.read.duplicates += 1
+            return
+        self._seen.add(url)
+        self.read.items.append(UrlItem(url=url, line=line, meta=meta or None))
+
+    def reject(self, raw: str, line: int, reason: str, meta: dict[str, Any] | None = None) -> None:
+        key = _rejected_key(raw, line)
+        if key in self._seen:  # the same bad text twice is one row in harvest.downloads
+            self.read.duplicates += 1
+            return
+        self._seen.add(key)
+        self.read.rejected.append(
+            Result(
+                url=key,
+                status=Status.REJECTED,
+                error=f"{self._line_word} {line}: {reason}",
+                line=line,
+                meta=meta or None,
+            )
+        )
+
+
+def _rejected_key(raw: str, line: int) -> str:
+    """What a rejected line is recorded under: its text, made storable.
+
+    Postgres text cannot hold NUL or undecodable bytes, and the (run_key, url) index cannot hold
+    very long values, so those are escaped or cut (a cut text names its line to stay unique).
+    """
+    text = raw.strip()
+    if not text:
+        return f"(empty url, line {line})"
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if len(text) > MAX_URL_LENGTH:
+        text = f"{text[: MAX_URL_LENGTH - 40]}... (cut, line {line})"
+    return text
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def list_path_for(base_uri: str, day: date) -> list[str]:
+    """The URIs a list for ``day`` may have under ``base_uri``, in the order they are tried."""
+    return [_join(base_uri, f"{day.isoformat()}{suffix}") for suffix in LIST_SUFFIXES]
+
+
+def read_list_for_date(base_uri: str, day: date) -> SourceRead:
+    """Read the list for ``day`` under ``base_uri`` (``YYYY-MM-DD.txt``, ``.txt.gz``, ``.csv``, ``.csv.gz``).
+
+    Raises :class:`SourceNotFound` naming every path looked for when none exists. If several
+    exist, the first in that order is read and the others are named in a warning.
+    """
+    import fsspec
+
+    candidates = list_path_for(base_uri, day)
+    existing: list[str] = []
+    for uri in candidates:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if fs.isfile(path):
+            existing.append(uri)
+    if not existing:
+        fs, base_path = fsspec.core.url_to_fs(base_uri)
+        hint = "" if fs.isdir(base_path) else f" (the folder {base_uri} itself does not exist)"
+        raise SourceNotFound(
+            f"no URL list for {day.isoformat()} under {base_uri}{hint}; looked for: {', '.join(candidates)}",
+            candidates,
+        )
+    if len(existing) > 1:
+        log.warning(
+            "several lists for %s: reading %s, ignoring %s", day, existing[0], ", ".join(existing[1:])
+        )
+    return read_list(existing[0])
+
+
+def read_list(uri: str) -> SourceRead:
+    """Read one list file (local path or fsspec URI); its format comes from its extension."""
+    import fsspec
+
+    kind, compressed = _format_of(uri)
+    try:
+        with fsspec.open(uri, "rb", compression="gzip" if compressed else None) as raw:
+            return _parse_stream(raw, kind, origin=uri)
+    except FileNotFoundError as exc:
+        raise SourceNotFound(f"no URL list at {uri}", [uri]) from exc
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise SourceFormatError(f"cannot read {uri}: {exc}") from exc
+
+
+def read_remote_list(url: str, fetch: Callable[[str], bytes]) -> SourceRead:
+    """Read a list served over http(s); ``fetch`` is the guarded client (URL -> body bytes).
+
+    The format comes from the URL's extension (``.txt``, ``.csv``, ``.gz``) and, when that says
+    nothing, from the content: a body starting with gzip's magic is decompressed, and a first line
+    naming a ``url`` column among comma-separated names is read as CSV.
+    """
+    try:
+        list_url = normalize_url(url)
+    except InvalidUrl as exc:
+        raise SourceError(f"remote list {url!r} is not usable: {exc.reason}") from exc
+    body = fetch(list_url)
+    kind, _ = _format_of(list_url.split("?", 1)[0])
+    stream: io.BufferedIOBase = io.BytesIO(body)
+    if body[:2] == _GZIP_MAGIC:
+        stream = gzip.GzipFile(fileobj=stream)  # decompressed as it is parsed, never all at once
+    try:
+        if kind == "unknown":
+            head = stream.read(64 * 1024)
+            kind = "csv" if _looks_like_csv_header(head) else "txt"
+            stream = io.BufferedReader(_Prepend(head, stream))
+        return _parse_stream(stream, kind, origin=list_url)
+    except (OSError, EOFError) as exc:
+        raise SourceFormatError(f"cannot read the list at {list_url}: {exc}") from exc
+
+
+def _format_of(uri: str) -> tuple[str, bool]:
+    name = uri.rsplit("/", 1)[-1].lower()
+    compressed = name.endswith(".gz")
+    if compressed:
+        name = name[:-3]
+    if name.endswith(".csv"):
+        return "csv", compressed
+    if name.endswith(".txt") or name.endswith(".lst"):
+        return "txt", compressed
+    return "unknown", compressed
+
+
+def _join(base_uri: str, name: str) -> str:
+    return f"{base_uri}{name}" if base_uri.endswith("/") else f"{base_uri}/{name}"
+
+
+def _looks_like_csv_header(head: bytes) -> bool:
+    for raw_line in head.decode("utf-8", "replace").lstrip("\ufeff").splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        cells = [cell.strip().strip('"').lower() for cell in line.split(",")]
+        return len(cells) > 1 and "url" in cells
+    return False
+
+
+class _Prepend(io.RawIOBase):
+    """A byte stream with ``head`` (already read, to sniff the format) put back in front."""
+
+    def __init__(self, head: bytes, rest: io.BufferedIOBase) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _parse_stream(raw: io.BufferedIOBase | IO[bytes], kind: str, *, origin: str) -> SourceRead:
+    # Undecodable bytes become lone surrogates so one bad line is rejected, not the whole file.
+    text = io.TextIOWrapper(
+        raw,  # type: ignore[type-var]  # any readable binary stream works
+        encoding="utf-8-sig",
+        errors="surrogateescape",
+        newline="" if kind == "csv" else None,
+    )
+    try:
+        if kind == "csv":
+            return _parse_csv(text, origin)
+        return _parse_txt(text, origin)
+    finally:
+        text.detach()  # the caller owns and closes the underlying stream
+
+
+def _parse_txt(lines: Iterable[str], origin: str) -> SourceRead:
+    collector = _Collector(origin)
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        comment = _INLINE_COMMENT.search(text)
+        if comment is not None:
+            text = text[: comment.start()]
+        collector.add(text, number)
+    return collector.read
+
+
+def _parse_csv(lines: Iterator[str], origin: str) -> SourceRead:
+    reader = csv.reader(lines)
+    header: list[str] | None = None
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            header = [cell.strip() for cell in row]
+            break
+    if header is None:
+        return SourceRead(origin=origin)  # an empty CSV is an empty list, like an empty .txt
+    lowered = [name.lower() for name in header]
+    if "url" not in lowered:
+        raise SourceFormatError(
+            f"{origin}: the CSV header has no 'url' column (found: {', '.join(header) or 'nothing'}); "
+            "the first line must name the columns, one of them 'url'"
+        )
+    url_index = lowered.index("url")
+    meta_columns = [(i, name) for i, name in enumerate(header) if i != url_index and name]
+
+    collector = _Collector(origin)
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        number = reader.line_num
+        meta = {name: row[i] for i, name in meta_columns if i < len(row)}
+        if url_index >= len(row) or not row[url_index].strip():
+            collector.reject("", number, "the url column is empty", meta)
+            continue
+        collector.add(row[url_index], number, meta)
+    return collector.read
+
+
+# --- database and manual -----------------------------------------------------------------------
+
+
+def read_table(conn: Any, day: date) -> SourceRead:
+    """Read the URLs listed for ``day`` in ``harvest.url_sources`` (``conn``: a psycopg2 connection).
+
+    Rows are read in URL order (bytewise); ``line`` is the row's position in that order. No rows for the day
+    raises :class:`SourceNotFound`, like a missing list file.
+    """
+    origin = f"harvest.url_sources (list_date = {day.isoformat()})"
+    with conn.cursor() as cur:
+        cur.execute(
+            # COLLATE "C": the same order (and so the same line numbers) whatever the database locale
+            'SELECT url, meta FROM harvest.url_sources WHERE list_date = %s ORDER BY url COLLATE "C"',
+            (day,),
+        )
+        collector = _Collector(origin, line_word="row")
+        number = 0
+        while rows := cur.fetchmany(10_000):
+            for url, meta in rows:
+                number += 1
+                collector.add(url, number, meta if isinstance(meta, dict) else None)
+    if number == 0:
+        raise SourceNotFound(f"no rows in {origin}", [origin])
+    return collector.read
+
+
+def parse_manual(urls: str | Sequence[str]) -> SourceRead:
+    """Read the ``urls`` Param: text with URLs separated by newlines or any whitespace, or a list.
+
+    In text, ``#`` comment lines are ignored and ``line`` is the text's line number; in a list,
+    each entry is one URL and ``line`` is its position (1-based).
+    """
+    if isinstance(urls, str):
+        collector = _Collector("urls param")
+        for number, line in enumerate(urls.splitlines(), start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            comment = _INLINE_COMMENT.search(text)
+            for token in (text[: comment.start()] if comment else text).split():
+                collector.add(token, number)
+        return collector.read
+    collector = _Collector("urls param", line_word="entry")
+    for number, entry in enumerate(urls, start=1):
+        if not isinstance(entry, str):
+            collector.reject(repr(entry), number, f"expected a URL string, got {type(entry).__name__}")
+        elif entry.strip():
+            collector.add(entry, number)
+    return collector.read

@@ -1,0 +1,448 @@
+"""The local Harvest stack: Airflow 3 with the CeleryExecutor as plain processes, no Docker.
+
+One :class:`Stack` describes a complete, isolated deployment: its ``AIRFLOW_HOME``, its metadata and
+results databases, its Redis database numbers and its ports. ``make run`` uses the default one
+(``.airflow/`` in the repo, ports 8080/5555); the end-to-end tests build their own with unique names
+and free ports, so both can run side by side.
+
+Every process runs under one ``supervisord`` whose pid we record; stopping the stack stops that pid
+(supervisord stops its children) and then any child that outlived it, by pid, never by name.
+
+    python -m scripts.stack setup     # config + secrets + databases + migrations
+    python -m scripts.stack start     # setup, then start every process and wait until healthy
+    python -m scripts.stack stop      # stop exactly what start started
+    python -m scripts.stack status
+    python -m scripts.stack env       # print the shell exports for the airflow CLI
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+DEFAULT_PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+DEFAULT_REDIS_SERVER = "redis://127.0.0.1:6379"
+DEMO_PORT = 8765
+
+
+class StackError(RuntimeError):
+    """The stack cannot be set up or started; the message says what to do."""
+
+
+def load_dotenv(path: Path = REPO / ".env") -> dict[str, str]:
+    """``KEY=value`` lines of the repo's ``.env`` (the environment wins over the file)."""
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def setting(name: str, default: str) -> str:
+    return os.environ.get(name) or load_dotenv().get(name) or default
+
+
+def with_database(server_url: str, database: str) -> str:
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@dataclass
+class Stack:
+    """One isolated local deployment of Harvest."""
+
+    home: Path = REPO / ".airflow"
+    pg_server: str = field(default_factory=lambda: setting("HARVEST_PG_SERVER", DEFAULT_PG_SERVER))
+    redis_server: str = field(default_factory=lambda: setting("HARVEST_REDIS_SERVER", DEFAULT_REDIS_SERVER))
+    metadata_db: str = "airflow"
+    results_db: str = "harvest"
+    broker_db: int = 0  # Redis database of the Celery broker
+    coordination_db: int = 1  # Redis database of per-host limits shared by workers
+    api_port: int = 8080
+    flower_port: int | None = 5555
+    worker_log_port: int = 8793
+    triggerer_log_port: int = 8794
+    scheduler_health_port: int = 8974
+    worker_concurrency: int = 4
+    demo_port: int | None = None  # serve data/demo/site on loopback (the bundled demo images)
+    storage_uri: str = (REPO / "data" / "storage").as_uri()
+    work_uri: str = (REPO / "data" / "work").as_uri()
+    url_list_uri: str = (REPO / "data" / "url_lists").as_uri()
+    # The local stack fetches its demo from loopback, which the SSRF guard refuses by default.
+    allow_hosts: str = "127.0.0.1"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def metadata_url(self) -> str:
+        return with_database(self.pg_server, self.metadata_db)
+
+    @property
+    def results_url(self) -> str:
+        return with_database(self.pg_server, self.results_db)
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "supervisord.pid"
+
+    @property
+    def password_file(self) -> Path:
+        return self.home / "simple_auth_manager_passwords.json"
+
+    def admin_password(self) -> str:
+        return str(json.loads(self.password_file.read_text())["admin"])
+
+    def environment(self) -> dict[str, str]:
+        """What every Airflow process (and the ``airflow`` CLI) needs besides ``airflow.cfg``."""
+        env = {
+            "AIRFLOW_HOME": str(self.home),
+            "PYTHONPATH": str(REPO),
+            "AIRFLOW_CONN_HARVEST_DB": self.results_url,
+            "HARVEST_STORAGE_URI": self.storage_uri,
+            "HARVEST_WORK_URI": self.work_uri,
+            "HARVEST_URL_LIST_URI": self.url_list_uri,
+            "HARVEST_REDIS_URL": f"{self.redis_server}/{self.coordination_db}",
+            "HARVEST_ALLOW_HOSTS": self.allow_hosts,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        env.update(self.extra_env)
+        return env
+
+    # ---- setup ----------------------------------------------------------------------------
+    def check_services(self) -> None:
+        """Fail early, naming the service and how to point at it."""
+        import psycopg2
+        import redis
+
+        try:
+            psycopg2.connect(with_database(self.pg_server, "postgres"), connect_timeout=5).close()
+        except psycopg2.OperationalError as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise StackError(
+                f"Postgres is not reachable at {self.pg_server} ({first_line}).\n"
+                "Start it, or set HARVEST_PG_SERVER (in the environment or .env) to a server URL "
+                "such as postgresql://user:password@host:5432 whose user may create databases."
+            ) from exc
+        try:
+            redis.Redis.from_url(self.redis_server, socket_connect_timeout=5).ping()
+        except redis.RedisError as exc:
+            raise StackError(
+                f"Redis is not reachable at {self.redis_server} ({exc}).\n"
+                "Start it, or set HARVEST_REDIS_SERVER (in the environment or .env), "
+                "e.g. redis://host:6379."
+            ) from exc
+
+    def create_databases(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(with_database(self.pg_server, "postgres"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in (self.metadata_db, self.results_db):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+
+    def drop_databases(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(with_database(self.pg_server, "postgres"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in (self.metadata_db, self.results_db):
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+    def write_config(self) -> bool:
+        """Write ``airflow.cfg`` and the admin password once; return True when they were created."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        secrets_file = self.home / "secrets.json"
+        created = not secrets_file.exists()
+        if created:
+            # Generated here, kept in the ignored AIRFLOW_HOME, never in git.
+            secrets_file.write_text(
+                json.dumps(
+                    {
+                        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                        "jwt_secret": secrets.token_urlsafe(48),
+                        "api_secret_key": secrets.token_urlsafe(48),
+                    }
+                )
+            )
+            secrets_file.chmod(0o600)
+        if not self.password_file.exists():
+            password = secrets.token_urlsafe(12)
+            self.password_file.write_text(json.dumps({"admin": password}) + "\n")
+            self.password_file.chmod(0o600)
+            # Shown once; afterwards it is only in the (ignored, 0600) password file.
+            print(f"Airflow UI login: admin / {password}  (kept in {self.password_file})")
+        keys = json.loads(secrets_file.read_text())
+        broker = f"{self.redis_server}/{self.broker_db}"
+        metadata = self.metadata_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        config = f"""\
+            # Generated by scripts/stack.py for this local stack. Holds secrets: never commit.
+            [core]
+            dags_folder = {REPO / "dags"}
+            plugins_folder = {REPO / "plugins"}
+            executor = CeleryExecutor
+            load_examples = False
+            dags_are_paused_at_creation = False
+            fernet_key = {keys["fernet_key"]}
+            execution_api_server_url = {self.api_url}/execution/
+            simple_auth_manager_users = admin:admin
+            simple_auth_manager_all_admins = False
+            simple_auth_manager_passwords_file = {self.password_file}
+            parallelism = 32
+            max_active_tasks_per_dag = 16
+
+            [database]
+            sql_alchemy_conn = {metadata}
+
+            [api]
+            host = 127.0.0.1
+            port = {self.api_port}
+            secret_key = {keys["api_secret_key"]}
+            base_url = {self.api_url}
+
+            [api_auth]
+            jwt_secret = {keys["jwt_secret"]}
+
+            [logging]
+            base_log_folder = {self.home / "logs"}
+            worker_log_server_port = {self.worker_log_port}
+            trigger_log_server_port = {self.triggerer_log_port}
+
+            [scheduler]
+            enable_health_check = True
+            scheduler_health_check_server_port = {self.scheduler_health_port}
+            # A small stack: react within a second rather than the production default.
+            scheduler_heartbeat_sec = 1
+
+            [dag_processor]
+            refresh_interval = 10
+            min_file_process_interval = 30
+
+            [celery]
+            broker_url = {broker}
+            result_backend = db+{self.metadata_url}
+            worker_concurrency = {self.worker_concurrency}
+            flower_host = 127.0.0.1
+            flower_port = {self.flower_port or 5555}
+            """
+        (self.home / "airflow.cfg").write_text(textwrap.dedent(config))
+        self.write_env_script()
+        return created
+
+    def write_env_script(self) -> None:
+        lines = ["# source this file to use the airflow CLI against the local Harvest stack"]
+        lines += [f"export {key}='{value}'" for key, value in self.environment().items()]
+        (self.home / "env.sh").write_text("\n".join(lines) + "\n")
+
+    def run_airflow(self, *args: str, check: bool = True, timeout: float = 600) -> str:
+        env = {**os.environ, **self.environment()}
+        proc = subprocess.run(
+            [str(VENV_BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise StackError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc.stdout
+
+    def migrate(self) -> None:
+        self.run_airflow("db", "migrate")
+        from include.harvest.migrations import apply_migrations
+
+        apply_migrations(self.results_url)
+
+    def setup(self) -> None:
+        self.check_services()
+        self.write_config()
+        self.create_databases()
+        self.migrate()
+
+    # ---- processes ------------------------------------------------------------------------
+    def supervisor_config(self) -> str:
+        airflow = VENV_BIN / "airflow"
+        commands = {
+            "api-server": f"{airflow} api-server --port {self.api_port} --host 127.0.0.1",
+            "scheduler": f"{airflow} scheduler",
+            "dag-processor": f"{airflow} dag-processor",
+            "triggerer": f"{airflow} triggerer",
+            "worker": f"{airflow} celery worker --concurrency {self.worker_concurrency}",
+        }
+        if self.flower_port:
+            commands["flower"] = f"{airflow} celery flower --port {self.flower_port} --address 127.0.0.1"
+        if self.demo_port:
+            site = REPO / "data" / "demo" / "site"
+            commands["demo-images"] = (
+                f"{sys.executable} -m http.server {self.demo_port} --bind 127.0.0.1 --directory {site}"
+            )
+        env = ",".join(f'{k}="{v}"' for k, v in self.environment().items())
+        logs = self.home / "logs"
+        sections = [
+            f"""\
+            [supervisord]
+            nodaemon = true
+            logfile = {logs / "supervisord.log"}
+            pidfile = {self.home / "supervisord.pid.internal"}
+            childlogdir = {logs}
+            environment = {env}
+            """
+        ]
+        for name, command in commands.items():
+            sections.append(
+                f"""\
+                [program:{name}]
+                command = {command}
+                directory = {REPO}
+                stdout_logfile = {logs / f"{name}.log"}
+                redirect_stderr = true
+                autorestart = true
+                startsecs = 3
+                # Celery and the api-server fork workers: stop the whole group, give tasks time.
+                stopasgroup = true
+                killasgroup = true
+                stopwaitsecs = 30
+                """
+            )
+        return "\n".join(textwrap.dedent(s) for s in sections)
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start(self) -> int:
+        """Start supervisord (if not already running) in its own session; return its pid."""
+        if pid := self.running_pid():
+            return pid
+        conf = self.home / "supervisord.conf"
+        conf.write_text(self.supervisor_config())
+        log = open(self.home / "logs" / "supervisord.out", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "supervisord"), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **self.environment()},
+        )
+        self.pidfile.write_text(str(proc.pid))
+        return proc.pid
+
+    def wait_healthy(self, timeout: float = 300) -> None:
+        """Wait until the api-server answers and the scheduler, worker and parser are alive."""
+        deadline = time.monotonic() + timeout
+        last = "nothing checked yet"
+        while time.monotonic() < deadline:
+            if not self.running_pid():
+                raise StackError(f"supervisord exited; see {self.home / 'logs'}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=5) as resp:
+                    health = json.load(resp)
+                states = {
+                    part: (health.get(part) or {}).get("status")
+                    for part in ("metadatabase", "scheduler", "dag_processor")
+                }
+                last = f"health: {states}"
+                if all(state == "healthy" for state in states.values()) and self.worker_ready():
+                    return
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = f"api-server not answering yet ({exc})"
+            time.sleep(2)
+        raise StackError(f"the stack did not become healthy in {timeout:.0f}s: {last}; see {self.home / 'logs'}")
+
+    def worker_ready(self) -> bool:
+        log = self.home / "logs" / "worker.log"
+        return log.exists() and "ready." in log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> bool:
+        """Stop supervisord and everything under it, by pid. Return True if something was running."""
+        import psutil
+
+        pid = self.running_pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        try:
+            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        os.kill(pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for proc in alive:  # anything that ignored supervisord's stop: by its pid, not by name
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["setup", "start", "stop", "status", "env"])
+    args = parser.parse_args(argv)
+    stack = Stack(demo_port=DEMO_PORT)
+    try:
+        if args.command == "setup":
+            stack.setup()
+            print(f"Airflow home ready at {stack.home}")
+        elif args.command == "start":
+            stack.setup()
+            if stack.running_pid():
+                print(f"Harvest stack already running (supervisord pid {stack.running_pid()})")
+            else:
+                pid = stack.start()
+                print(f"Starting Harvest stack (supervisord pid {pid}); logs in {stack.home / 'logs'}")
+            stack.wait_healthy()
+            print(f"Harvest stack healthy: UI at http://localhost:{stack.api_port}")
+        elif args.command == "stop":
+            stopped = stack.stop()
+            print("Harvest stack stopped" if stopped else "Harvest stack was not running")
+        elif args.command == "status":
+            pid = stack.running_pid()
+            print(f"running (supervisord pid {pid})" if pid else "not running")
+            return 0 if pid else 1
+        elif args.command == "env":
+            stack.write_env_script()
+            print((stack.home / "env.sh").read_text())
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The real stack for end-to-end tests: started once per test session and shared.
+
+Airflow api-server, scheduler, dag-processor, triggerer and a Celery worker run as real processes
+(under the same supervisor ``make run`` uses) against a fresh metadata DB and results DB with unique
+names, their own Redis database numbers and free ports; images are served over real HTTP from a
+local server. Everything is stopped by pid and the databases are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+from PIL import Image
+
+from scripts.airflow_api import AirflowAPI
+from scripts.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+# Redis database numbers of the test stack: away from the local stack's 0 and 1.
+BROKER_DB, COORDINATION_DB = 12, 13
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+
+@dataclass
+class ImageSite:
+    """A folder of generated images served over HTTP on loopback."""
+
+    root: Path
+    base_url: str
+
+    def add_images(self, prefix: str, count: int, *, seed: int) -> dict[str, str]:
+        """Write ``count`` distinct images; return {url: sha256 of the served bytes}."""
+        rng = random.Random(seed)
+        expected = {}
+        for index in range(count):
+            fmt, ext = [("JPEG", "jpg"), ("PNG", "png")][index % 2]
+            size = (rng.randrange(40, 200), rng.randrange(40, 200))
+            image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+            image.putpixel((0, 0), (index % 256, seed % 256, 7))  # distinct even at equal colours
+            buffer = io.BytesIO()
+            image.save(buffer, fmt)
+            name = f"{prefix}-{index:04d}.{ext}"
+            (self.root / name).write_bytes(buffer.getvalue())
+            expected[f"{self.base_url}/{name}"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+        return expected
+
+
+@pytest.fixture(scope="session")
+def image_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageSite]:
+    root = tmp_path_factory.mktemp("site")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield ImageSite(root, f"http://127.0.0.1:{server.server_address[1]}")
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    api: AirflowAPI
+    data: Path
+    scheduled_urls: dict[str, str]  # today's list, written before the scheduler started
+
+    @property
+    def url_lists(self) -> Path:
+        return self.data / "url_lists"
+
+    def results_db(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(self.stack.results_url)
+
+    def metadata_db(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(self.stack.metadata_url)
+
+
+@pytest.fixture(scope="session")
+def harvest_stack(tmp_path_factory: pytest.TempPathFactory, image_site: ImageSite) -> Iterator[RunningStack]:
+    suffix = uuid.uuid4().hex[:8]
+    data = tmp_path_factory.mktemp("harvest-data")
+    (data / "url_lists").mkdir()
+    # With catchup off, unpausing the DAG schedules a run for today at once: give it today's list.
+    scheduled_urls = image_site.add_images("scheduled", 6, seed=99)
+    today = datetime.now(UTC).date().isoformat()
+    (data / "url_lists" / f"{today}.txt").write_text("# today's list\n" + "\n".join(scheduled_urls) + "\n")
+    stack = Stack(
+        home=tmp_path_factory.mktemp("airflow-home"),
+        metadata_db=f"harvest_e2e_{suffix}_airflow",
+        results_db=f"harvest_e2e_{suffix}_results",
+        broker_db=BROKER_DB,
+        coordination_db=COORDINATION_DB,
+        api_port=free_port(),
+        flower_port=None,
+        worker_log_port=free_port(),
+        triggerer_log_port=free_port(),
+        scheduler_health_port=free_port(),
+        storage_uri=(data / "storage").as_uri(),
+        work_uri=(data / "work").as_uri(),
+        url_list_uri=(data / "url_lists").as_uri(),
+        allow_hosts="127.0.0.1",
+    )
+    for db in (BROKER_DB, COORDINATION_DB):
+        redis.Redis.from_url(f"{stack.redis_server}/{db}").flushdb()
+    try:
+        stack.setup()
+        stack.start()
+        stack.wait_healthy(timeout=300)
+        api = AirflowAPI(stack.api_url, "admin", stack.admin_password())
+        api.wait_for_dag("harvest")
+        yield RunningStack(stack, api, data, scheduled_urls)
+    finally:
+        stack.stop()
+        stack.drop_databases()

@@ -1,0 +1,137 @@
+"""The three ways users run Harvest — schedule, manual trigger, backfill — on the real stack, and
+the results staying exactly right however often a date is run."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.e2e.conftest import ImageSite, RunningStack
+
+pytestmark = pytest.mark.e2e
+
+
+def downloads(stack: RunningStack, run_key: str) -> dict[str, tuple[str, str | None]]:
+    with stack.results_db() as conn, conn.cursor() as cur:
+        cur.execute("SELECT url, status, sha256 FROM harvest.downloads WHERE run_key = %s", (run_key,))
+        return {url: (status, sha) for url, status, sha in cur.fetchall()}
+
+
+def run_summary(stack: RunningStack, run_key: str) -> dict:
+    with stack.results_db() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT outcome, urls_total, status_counts, reason FROM harvest.runs WHERE run_key = %s", (run_key,)
+        )
+        outcome, total, counts, reason = cur.fetchone()
+    return {"outcome": outcome, "urls_total": total, "counts": counts, "reason": reason}
+
+
+def wait_for_runs(stack: RunningStack, predicate, count: int, timeout: float = 600) -> list[dict]:
+    """Wait until ``count`` runs match ``predicate`` and all of them have finished successfully."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in stack.api.runs("harvest") if predicate(r)]
+        if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
+            failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
+            assert not failed, [stack.api.describe_failures("harvest", run_id) for run_id in failed]
+            return runs
+        time.sleep(2)
+    raise TimeoutError(f"runs not finished: {[(r['dag_run_id'], r['state']) for r in runs]}")
+
+
+def test_scheduled_run_downloads_that_days_list(harvest_stack: RunningStack):
+    (run,) = wait_for_runs(harvest_stack, lambda r: r["run_type"] == "scheduled", 1)
+    logical_date = datetime.fromisoformat(run["logical_date"])
+    assert logical_date.date() == datetime.now(UTC).date()
+
+    rows = downloads(harvest_stack, logical_date.isoformat())
+    assert rows == {url: ("ok", sha) for url, sha in harvest_stack.scheduled_urls.items()}
+
+
+def test_backfill_records_each_days_list_and_is_idempotent(harvest_stack: RunningStack, image_site: ImageSite):
+    days = ["2026-03-01", "2026-03-02", "2026-03-03"]
+    expected = {}
+    for n, day in enumerate(days):
+        expected[day] = image_site.add_images(f"backfill-{day}", 4 + n, seed=100 + n)
+        listing = "url\n" + "\n".join(expected[day]) + "\n"  # one day as CSV: both formats are lists
+        suffix = "csv" if n == 1 else "txt"
+        body = listing if suffix == "csv" else "\n".join(expected[day]) + "\n"
+        (harvest_stack.url_lists / f"{day}.{suffix}").write_text(body)
+
+    def is_backfill(run: dict) -> bool:
+        return run["run_type"] == "backfill" and run["logical_date"][:10] in days
+
+    harvest_stack.stack.run_airflow(
+        "backfill", "create", "--dag-id", "harvest", "--from-date", days[0], "--to-date", days[-1]
+    )
+    runs = wait_for_runs(harvest_stack, is_backfill, 3)
+    first = {}
+    for run in runs:
+        day = run["logical_date"][:10]
+        first[day] = downloads(harvest_stack, datetime.fromisoformat(run["logical_date"]).isoformat())
+        assert first[day] == {url: ("ok", sha) for url, sha in expected[day].items()}
+
+    # Backfilling the same dates again re-runs them and leaves exactly the same rows.
+    before = {r["dag_run_id"]: r["end_date"] for r in runs}
+    harvest_stack.stack.run_airflow(
+        "backfill", "create", "--dag-id", "harvest", "--from-date", days[0], "--to-date", days[-1],
+        "--reprocess-behavior", "completed",
+    )
+    rerun = wait_for_runs(
+        harvest_stack, lambda r: is_backfill(r) and r["end_date"] != before.get(r["dag_run_id"]), 3
+    )
+    for run in rerun:
+        day = run["logical_date"][:10]
+        assert downloads(harvest_stack, datetime.fromisoformat(run["logical_date"]).isoformat()) == first[day]
+
+
+def test_manual_trigger_with_invalid_conf_is_refused_and_creates_no_run(harvest_stack: RunningStack):
+    before = len(harvest_stack.api.runs("harvest"))
+    for conf in ({"batch_size": "lots"}, {"batch_size": 0}, {"source": "not a uri"}, {"concurrency": 100000}):
+        response = harvest_stack.api.trigger("harvest", conf)
+        assert response.status_code == 400, (conf, response.status_code, response.text)
+    assert len(harvest_stack.api.runs("harvest")) == before
+
+
+def test_record_results_run_twice_leaves_no_duplicates(harvest_stack: RunningStack, image_site: ImageSite):
+    expected = image_site.add_images("retry", 5, seed=7)
+    api = harvest_stack.api
+    run_id = api.trigger("harvest", {"urls": "\n".join(expected)}).json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id)
+    first = downloads(harvest_stack, run_id)
+
+    response = api.request(
+        "POST",
+        "/dags/harvest/clearTaskInstances",
+        json={"dry_run": False, "dag_run_id": run_id, "task_ids": ["record_results"], "only_failed": False},
+    )
+    assert response.status_code == 200, response.text
+    api.wait_for_run("harvest", run_id)
+    tries = [ti["try_number"] for ti in api.task_instances("harvest", run_id) if ti["task_id"] == "record_results"]
+    assert tries == [2]  # it really ran a second time
+    assert downloads(harvest_stack, run_id) == first == {url: ("ok", sha) for url, sha in expected.items()}
+
+
+def test_empty_list_succeeds_with_zero_downloads_and_a_summary(harvest_stack: RunningStack):
+    empty = harvest_stack.data / "empty.txt"
+    empty.write_text("# nothing today\n\n")
+    api = harvest_stack.api
+    run_id = api.trigger("harvest", {"source": empty.as_uri()}).json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id)
+    assert downloads(harvest_stack, run_id) == {}
+    assert run_summary(harvest_stack, run_id)["urls_total"] == 0
+    assert run_summary(harvest_stack, run_id)["outcome"] == "recorded"
+
+
+def test_day_without_a_list_is_recorded_not_crashed(harvest_stack: RunningStack):
+    api = harvest_stack.api
+    response = api.trigger("harvest", {}, logical_date="2026-02-10T00:00:00Z")
+    run_id = response.json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id)
+    summary = run_summary(harvest_stack, "2026-02-10T00:00:00+00:00")
+    assert summary["outcome"] == "no_source"
+    assert "2026-02-10" in summary["reason"]
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances("harvest", run_id)}
+    assert states["record_results"] == "skipped"

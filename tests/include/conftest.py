@@ -1,0 +1,325 @@
+"""Fixtures for the download engine: a hostile HTTP server on 127.0.0.1 and generated images.
+
+The server is real (sockets, threads, HTTP/1.1 keep-alive); each path is a behaviour a crawler
+meets on the open web: slow, silent, endless, oversized, lying, redirecting, throttling.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from include.harvest.settings import FetchSettings
+from include.harvest.storage import ContentAddressedStore
+
+REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
+
+
+def make_image(fmt: str, size: tuple[int, int], *, seed: int = 0, quality: int = 85) -> bytes:
+    """A noisy image (so every one is distinct and JPEGs are realistic), encoded as ``fmt``."""
+    noise = Image.effect_noise(size, 40 + seed % 50).convert("RGB")
+    out = io.BytesIO()
+    if fmt == "GIF":
+        noise.convert("P").save(out, "GIF")
+    elif fmt == "JPEG":
+        noise.save(out, "JPEG", quality=quality)
+    else:
+        noise.save(out, fmt)
+    return out.getvalue()
+
+
+def make_png_bomb(width: int, height: int) -> bytes:
+    """A small, valid-looking PNG whose header declares ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    pixels = zlib.compress(b"\x00" * 4096)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@dataclass
+class Images:
+    png: bytes
+    jpeg: bytes
+    gif: bytes
+    webp: bytes
+    big_jpeg: bytes
+    same: bytes
+    etag_jpeg: bytes
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    return Images(
+        png=make_image("PNG", (64, 48), seed=1),
+        jpeg=make_image("JPEG", (80, 60), seed=2),
+        gif=make_image("GIF", (32, 16), seed=3),
+        webp=make_image("WEBP", (40, 30), seed=4),
+        big_jpeg=make_image("JPEG", (400, 300), seed=5, quality=95),
+        same=make_image("PNG", (20, 20), seed=6),
+        etag_jpeg=make_image("JPEG", (24, 24), seed=7),
+    )
+
+
+@dataclass
+class Seen:
+    path: str
+    at: float  # time.monotonic() when the request line arrived
+    headers: dict[str, str]
+
+
+@dataclass
+class HostileServer:
+    """The running server: ``url(path)`` builds a URL, ``seen`` lists every request received."""
+
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def hits(self, path: str) -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if s.path == path]
+
+    def count(self, key: str) -> int:
+        """How many times ``key`` was requested before (0 on the first request)."""
+        with self.lock:
+            n = self.counters.get(key, 0)
+            self.counters[key] = n + 1
+            return n
+
+
+def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPRequestHandler]:
+    routes: dict[str, Callable[[BaseHTTPRequestHandler], None]] = {}
+
+    def route(path: str) -> Callable[[Callable[[BaseHTTPRequestHandler], None]], None]:
+        def register(fn: Callable[[BaseHTTPRequestHandler], None]) -> None:
+            routes[path] = fn
+
+        return register
+
+    def send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, **headers: str) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            h.send_header(name.replace("_", "-"), value)
+        h.end_headers()
+        h.wfile.write(body)
+
+    static = {
+        "/ok.png": (images.png, "image/png"),
+        "/ok.jpg": (images.jpeg, "image/jpeg"),
+        "/ok.gif": (images.gif, "image/gif"),
+        "/ok.webp": (images.webp, "image/webp"),
+        "/same-a.png": (images.same, "image/png"),
+        "/same-b.png": (images.same, "application/octet-stream"),  # type from bytes, not header
+        "/html-as.jpg": (b"<!DOCTYPE html><html><body>Not found</body></html>", "image/jpeg"),
+        "/truncated.jpg": (images.big_jpeg[: len(images.big_jpeg) * 6 // 10], "image/jpeg"),
+        "/bomb.png": (make_png_bomb(30000, 30000), "image/png"),
+        "/svg.svg": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "image/svg+xml"),
+    }
+    for path, (body, ctype) in static.items():
+        route(path)(lambda h, body=body, ctype=ctype: send(h, 200, body, ctype))
+
+    @route("/status/404")
+    def not_found(h: BaseHTTPRequestHandler) -> None:
+        send(h, 404, b"no such image", "text/plain")
+
+    @route("/flaky.png")
+    def flaky(h: BaseHTTPRequestHandler) -> None:
+        if server_state.count("flaky") == 0:
+            send(h, 500, b"oops", "text/plain")
+        else:
+            send(h, 200, images.png, "image/png")
+
+    for key in ("throttled", "throttled-shared"):
+
+        @route(f"/{key}.png")
+        def throttled(h: BaseHTTPRequestHandler, key: str = key) -> None:
+            if server_state.count(key) == 0:
+                send(h, 429, b"slow down", "text/plain", Retry_After="1" if key == "throttled" else "2")
+            else:
+                send(h, 200, images.png, "image/png")
+
+    @route("/throttled-forever.png")
+    def throttled_forever(h: BaseHTTPRequestHandler) -> None:
+        send(h, 429, b"slow down", "text/plain", Retry_After="3600")
+
+    @route("/unavailable.png")
+    def unavailable(h: BaseHTTPRequestHandler) -> None:
+        send(h, 503, b"down", "text/plain")
+
+    @route("/silent.png")
+    def silent(h: BaseHTTPRequestHandler) -> None:
+        server_state.stop.wait(30)  # accepted, request read, never answered
+
+    @route("/drip.jpg")
+    def drip(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(images.jpeg)))
+        h.end_headers()
+        for byte in images.jpeg:
+            if server_state.stop.wait(1.0):
+                return
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+
+    @route("/endless")
+    def endless(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.wfile.write(b"400\r\n" + images.jpeg[:1024].ljust(1024, b"\0") + b"\r\n")
+        while not server_state.stop.wait(0.01):
+            h.wfile.write(b"400\r\n" + b"\0" * 1024 + b"\r\n")
+            h.wfile.flush()
+
+    @route("/huge-declared.jpg")
+    def huge_declared(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(30 * 1024 * 1024))
+        h.end_headers()
+        h.wfile.write(images.jpeg)
+
+    @route("/huge-undeclared.jpg")
+    def huge_undeclared(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        h.wfile.write(images.big_jpeg)
+        for _ in range(64):  # 2 MiB past the image, no length announced
+            h.wfile.write(b"\0" * 32768)
+
+    @route("/loop-a")
+    def loop_a(h: BaseHTTPRequestHandler) -> None:
+        send(h, 302, b"", "text/plain", Location="/loop-b")
+
+    @route("/loop-b")
+    def loop_b(h: BaseHTTPRequestHandler) -> None:
+        send(h, 301, b"", "text/plain", Location=server_state.url("/loop-a"))
+
+    for n in range(1, 10):
+
+        @route(f"/chain/{n}")
+        def chain(h: BaseHTTPRequestHandler, n: int = n) -> None:
+            send(h, 302, b"", "text/plain", Location=f"/chain/{n - 1}")
+
+    route("/chain/0")(lambda h: send(h, 200, images.png, "image/png"))
+
+    route("/second-worker.png")(lambda h: send(h, 200, images.png, "image/png"))
+
+    @route("/to-private")
+    def to_private(h: BaseHTTPRequestHandler) -> None:
+        send(h, 302, b"", "text/plain", Location="http://10.0.0.1/secret.png")
+
+    @route("/to-loopback-name")
+    def to_loopback(h: BaseHTTPRequestHandler) -> None:
+        send(h, 307, b"", "text/plain", Location=server_state.url("/ok.png", host="127.0.0.1"))
+
+    @route("/noai.png")
+    def noai(h: BaseHTTPRequestHandler) -> None:
+        send(h, 200, images.png, "image/png", X_Robots_Tag="noai")
+
+    @route("/etag.jpg")
+    def etag(h: BaseHTTPRequestHandler) -> None:
+        if h.headers.get("If-None-Match") == '"v1"':
+            h.send_response(304)
+            h.send_header("ETag", '"v1"')
+            h.end_headers()
+            return
+        send(
+            h, 200, images.etag_jpeg, "image/jpeg", ETag='"v1"', Last_Modified="Mon, 02 Nov 2026 10:00:00 GMT"
+        )
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+            with server_state.lock:
+                server_state.seen.append(Seen(self.path, time.monotonic(), dict(self.headers.items())))
+            handler = routes.get(self.path)
+            try:
+                if handler is None:
+                    send(self, 404, b"unknown test path", "text/plain")
+                else:
+                    handler(self)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # keep the test output readable
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default 5 drops SYNs under a burst of 32 connects (1 s retransmit)
+
+
+@pytest.fixture(scope="session")
+def hostile_server(images: Images) -> Iterator[HostileServer]:
+    state = HostileServer(port=0)
+    httpd = _Server(("127.0.0.1", 0), _handler(state, images))
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield state
+    state.stop.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def refused_url() -> str:
+    """A loopback port nobody listens on: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/nothing.png"
+
+
+@pytest.fixture(scope="session")
+def fast_settings() -> FetchSettings:
+    """Small limits so hostile cases end in seconds; the test server's address is allowed."""
+    return FetchSettings(
+        connect_timeout=1.0,
+        read_timeout=1.0,
+        total_timeout=2.0,
+        concurrency=32,
+        per_host_concurrency=32,
+        max_bytes=1024 * 1024,
+        max_attempts=3,
+        backoff_base=0.05,
+        backoff_max=0.2,
+        retry_after_cap=5.0,
+        allow_hosts=("127.0.0.1",),
+        progress_interval=1.0,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: object) -> ContentAddressedStore:
+    return ContentAddressedStore(f"file://{tmp_path}/storage")

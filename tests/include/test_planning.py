@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from include.harvest.models import UrlItem
+from include.harvest.planning import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BATCHES,
+    choose_batch_size,
+    describe_batch,
+    plan_batches,
+)
+
+
+def make_items(count: int, hosts: int = 7) -> list[UrlItem]:
+    return [UrlItem(f"https://h{i % hosts}.example.com/{i}.jpg", i + 1) for i in range(count)]
+
+
+def flatten(batches: list[list[UrlItem]]) -> list[UrlItem]:
+    return [item for batch in batches for item in batch]
+
+
+def test_empty_input_plans_nothing() -> None:
+    assert plan_batches([]) == []
+
+
+def test_small_list_is_one_batch() -> None:
+    items = make_items(10)
+    assert plan_batches(items) == [items]
+
+
+def test_100k_items_fit_max_map_length_each_exactly_once_in_order() -> None:
+    items = make_items(100_000)
+
+    batches = plan_batches(items)
+
+    assert 1 <= len(batches) <= DEFAULT_MAX_BATCHES
+    assert flatten(batches) == items  # every item exactly once, order kept
+    assert max(len(b) for b in batches) <= DEFAULT_BATCH_SIZE
+
+
+def test_batches_are_balanced_not_a_tiny_straggler() -> None:
+    batches = plan_batches(make_items(1001), batch_size=500)
+
+    assert [len(b) for b in batches] == [334, 334, 333]
+
+
+def test_explicit_batch_size_is_honoured() -> None:
+    batches = plan_batches(make_items(2000), batch_size=250)
+
+    assert [len(b) for b in batches] == [250] * 8
+
+
+def test_size_grows_when_the_list_would_exceed_max_batches(caplog: pytest.LogCaptureFixture) -> None:
+    items = make_items(5000)
+
+    with caplog.at_level(logging.WARNING, logger="include.harvest.planning"):
+        batches = plan_batches(items, batch_size=10, max_batches=16)
+
+    assert len(batches) == 16
+    assert flatten(batches) == items
+    assert max(len(b) for b in batches) == 313  # ceil(5000 / 16)
+    assert "batch_size 10 would make 500 batches" in caplog.text
+    assert "using batches of 313" in caplog.text
+
+
+def test_a_very_large_list_grows_the_default_size_silently(caplog: pytest.LogCaptureFixture) -> None:
+    count = DEFAULT_BATCH_SIZE * 4 + 1
+    with caplog.at_level(logging.WARNING, logger="include.harvest.planning"):
+        assert choose_batch_size(count, max_batches=4) == DEFAULT_BATCH_SIZE + 1
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("batch_size", "max_batches"), [(0, 10), (-5, 10), (10, 0)])
+def test_nonsense_limits_are_refused(batch_size: int, max_batches: int) -> None:
+    with pytest.raises(ValueError, match="must be at least 1"):
+        plan_batches(make_items(3), batch_size=batch_size, max_batches=max_batches)
+
+
+def test_describe_batch_counts_urls_and_hosts() -> None:
+    assert describe_batch(make_items(500, hosts=2)) == "500 urls · 2 hosts"
+    assert describe_batch(make_items(1)) == "1 url · 1 host"
+    assert describe_batch([]) == "0 urls · 0 hosts"

@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from include.harvest.models import Result, Status
+from include.harvest.results import COPY_CHUNK_ROWS, RunInfo, load_previous, record_run
+
+pytest_plugins = ["tests.include.db_fixtures"]
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+STARTED = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+
+
+def run_info(
+    run_key: str = "2026-01-05", dag_run_id: str = "scheduled__2026-01-05", **changes: Any
+) -> RunInfo:
+    values: dict[str, Any] = {
+        "run_key": run_key,
+        "dag_run_id": dag_run_id,
+        "run_type": "scheduled",
+        "logical_date": datetime(2026, 1, 5, tzinfo=UTC),
+        "source": "file:///lists/2026-01-05.txt",
+        "started_at": datetime.now(UTC) - timedelta(seconds=10),
+    }
+    values.update(changes)
+    return RunInfo(**values)
+
+
+def ok(
+    url: str, sha: str = SHA_A, *, elapsed_ms: int = 100, etag: str | None = None, **changes: Any
+) -> Result:
+    values: dict[str, Any] = {
+        "url": url,
+        "status": Status.OK,
+        "http_status": 200,
+        "final_url": url,
+        "content_type": "image/jpeg",
+        "bytes": 1000,
+        "sha256": sha,
+        "width": 10,
+        "height": 20,
+        "storage_uri": f"file:///store/{sha[:2]}/{sha[2:4]}/{sha}.jpg",
+        "attempts": 1,
+        "elapsed_ms": elapsed_ms,
+        "etag": etag,
+        "last_modified": "Mon, 05 Jan 2026 00:00:00 GMT",
+        "fetched_at": "2026-01-05T06:00:01+00:00",
+    }
+    values.update(changes)
+    return Result(**values)
+
+
+def failed(
+    url: str, status: Status = Status.HTTP_ERROR, *, elapsed_ms: int = 50, attempts: int = 1
+) -> Result:
+    return Result(
+        url=url,
+        status=status,
+        error=f"{status}: see details",
+        http_status=404,
+        attempts=attempts,
+        elapsed_ms=elapsed_ms,
+    )
+
+
+def rows(conn: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    # commit, not `with conn:` - psycopg 3 closes the connection at the end of that block
+    with conn.cursor() as cur:
+        cur.execute(sql, params or None)
+        found = [tuple(row) for row in cur.fetchall()]
+    conn.commit()
+    return found
+
+
+def downloads(conn: Any, run_key: str = "2026-01-05") -> list[tuple[Any, ...]]:
+    return rows(
+        conn, "SELECT url, status, sha256 FROM harvest.downloads WHERE run_key = %s ORDER BY url", run_key
+    )
+
+
+def test_record_run_writes_downloads_objects_and_summary(harvest_conn: Any) -> None:
+    results = [
+        ok("https://example.com/a.jpg", SHA_A, elapsed_ms=100, meta={"caption": "cat"}, line=1),
+        ok("https://example.com/b.jpg", SHA_B, elapsed_ms=300),
+        failed("https://example.com/c.jpg", elapsed_ms=200),
+        Result(url="not a url", status=Status.REJECTED, error="line 4: contains whitespace", line=4),
+    ]
+
+    summary = record_run(harvest_conn, run_info(), iter(results), batches=2)
+
+    assert downloads(harvest_conn) == [
+        ("https://example.com/a.jpg", "ok", SHA_A),
+        ("https://example.com/b.jpg", "ok", SHA_B),
+        ("https://example.com/c.jpg", "http_error", None),
+        ("not a url", "rejected", None),
+    ]
+    [(line, meta, dag_run_id)] = rows(
+        harvest_conn,
+        "SELECT source_line, meta, dag_run_id FROM harvest.downloads WHERE url = 'https://example.com/a.jpg'",
+    )
+    assert (line, meta, dag_run_id) == (1, {"caption": "cat"}, "scheduled__2026-01-05")
+    assert rows(harvest_conn, "SELECT sha256, bytes, content_type FROM harvest.objects ORDER BY sha256") == [
+        (SHA_A, 1000, "image/jpeg"),
+        (SHA_B, 1000, "image/jpeg"),
+    ]
+
+    [run] = rows(
+        harvest_conn,
+        "SELECT run_key, dag_run_id, outcome, source, urls_total, status_counts, bytes_total, batches,"
+        " p50_ms, p95_ms, duration_s, urls_per_s, finished_at >= started_at FROM harvest.runs",
+    )
+    # latency over the three fetched URLs (100, 200, 300 ms); the rejected line took no time
+    assert run[:10] == (
+        "2026-01-05",
+        "scheduled__2026-01-05",
+        "recorded",
+        "file:///lists/2026-01-05.txt",
+        4,
+        {"ok": 2, "http_error": 1, "rejected": 1},
+        2000,
+        2,
+        200,
+        290,
+    )
+    assert 10 <= run[10] < 60 and run[11] == pytest.approx(4 / run[10]) and run[12] is True
+
+    assert summary.counts == {"ok": 2, "http_error": 1, "rejected": 1}
+    assert (summary.urls_total, summary.bytes_total, summary.p50_ms, summary.p95_ms) == (4, 2000, 200, 290)
+    assert summary.objects_added == 2
+    text = summary.format()
+    assert "2026-01-05" in text and "ok" in text and "p50 200 ms · p95 290 ms" in text and "2 batches" in text
+
+
+def test_recording_the_same_results_twice_leaves_the_same_rows(harvest_conn: Any) -> None:
+    results = [ok("https://example.com/a.jpg"), failed("https://example.com/b.jpg")]
+
+    record_run(harvest_conn, run_info(), results, batches=1)
+    first = rows(harvest_conn, "SELECT * FROM harvest.downloads ORDER BY url")
+    second_summary = record_run(harvest_conn, run_info(), results, batches=1)
+    second = rows(harvest_conn, "SELECT * FROM harvest.downloads ORDER BY url")
+
+    def without_recorded_at(table: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return [row[:-1] for row in table]  # recorded_at is the last column
+
+    assert without_recorded_at(second) == without_recorded_at(first)
+    assert len(second) == 2
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.runs") == [(1,)]
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.objects") == [(1,)]
+    assert second_summary.stale_rows_removed == 0 and second_summary.objects_added == 0
+
+
+def test_rerun_with_fewer_urls_leaves_only_those_and_keeps_other_run_keys(harvest_conn: Any) -> None:
+    record_run(harvest_conn, run_info("2026-01-04"), [ok("https://example.com/old-day.jpg")], batches=1)
+    record_run(
+        harvest_conn,
+        run_info(),
+        [
+            ok("https://example.com/a.jpg"),
+            ok("https://example.com/b.jpg"),
+            failed("https://example.com/c.jpg"),
+        ],
+        batches=1,
+    )
+
+    summary = record_run(
+        harvest_conn,
+        run_info(dag_run_id="manual__retry"),
+        [failed("https://example.com/a.jpg", Status.TIMEOUT)],
+        batches=1,
+    )
+
+    assert downloads(harvest_conn) == [("https://example.com/a.jpg", "timeout", None)]
+    assert downloads(harvest_conn, "2026-01-04") == [("https://example.com/old-day.jpg", "ok", SHA_A)]
+    assert summary.stale_rows_removed == 2
+    [(dag_run_id, counts, total)] = rows(
+        harvest_conn,
+        "SELECT dag_run_id, status_counts, urls_total FROM harvest.runs WHERE run_key = '2026-01-05'",
+    )
+    assert (dag_run_id, counts, total) == ("manual__retry", {"timeout": 1}, 1)
+    # the blob stays: objects are shared across runs and never deleted by a re-run
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.objects") == [(1,)]
+
+
+def test_duplicate_urls_in_the_results_keep_the_last(harvest_conn: Any) -> None:
+    url = "https://example.com/a.jpg"
+    results = [failed(url, Status.TIMEOUT), ok("https://example.com/b.jpg", SHA_B), ok(url, SHA_A)]
+
+    summary = record_run(harvest_conn, run_info(), results, batches=2)
+
+    assert downloads(harvest_conn) == [(url, "ok", SHA_A), ("https://example.com/b.jpg", "ok", SHA_B)]
+    assert summary.urls_total == 2 and summary.counts == {"ok": 2}
+
+
+def test_same_blob_at_two_urls_is_one_object(harvest_conn: Any) -> None:
+    record_run(
+        harvest_conn,
+        run_info(),
+        [ok("https://example.com/a.jpg", SHA_A), ok("https://mirror.example.org/a.jpg", SHA_A)],
+        batches=1,
+    )
+    record_run(harvest_conn, run_info("2026-01-06"), [ok("https://example.com/again.jpg", SHA_A)], batches=1)
+
+    assert rows(harvest_conn, "SELECT sha256 FROM harvest.objects") == [(SHA_A,)]
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.downloads WHERE sha256 = %s", SHA_A) == [(3,)]
+
+
+def test_text_that_needs_escaping_survives_the_copy(harvest_conn: Any) -> None:
+    awkward = "tab\there, newline\nthere, backslash \\N, NUL \x00, surrogate \udcff, ümlaut"
+    record_run(
+        harvest_conn,
+        run_info(),
+        [Result(url="https://example.com/x", status=Status.HTTP_ERROR, error=awkward, meta={"k": "a\tb\\c"})],
+        batches=1,
+    )
+
+    [(error, meta)] = rows(harvest_conn, "SELECT error, meta FROM harvest.downloads")
+    assert error == "tab\there, newline\nthere, backslash \\N, NUL \ufffd, surrogate \\udcff, ümlaut"
+    assert meta == {"k": "a\tb\\c"}
+
+
+def test_empty_run_and_no_source_outcome_write_a_summary(harvest_conn: Any) -> None:
+    record_run(harvest_conn, run_info(), [ok("https://example.com/a.jpg")], batches=1)
+
+    summary = record_run(
+        harvest_conn,
+        run_info(started_at=None),
+        [],
+        batches=0,
+        outcome="no_source",
+        reason="no list for 2026-01-05",
+    )
+
+    assert downloads(harvest_conn) == []
+    [run] = rows(
+        harvest_conn,
+        "SELECT outcome, reason, urls_total, status_counts, bytes_total, batches, p50_ms, duration_s"
+        " FROM harvest.runs",
+    )
+    assert run == ("no_source", "no list for 2026-01-05", 0, {}, 0, 0, None, None)
+    assert summary.urls_total == 0 and summary.counts == {}
+    assert "no_source" in summary.format() and "no list for 2026-01-05" in summary.format()
+
+
+def test_results_are_streamed_in_chunks_not_materialised(harvest_conn: Any) -> None:
+    count = COPY_CHUNK_ROWS * 2 + 17
+    consumed = 0
+
+    def generate() -> Iterator[Result]:
+        nonlocal consumed
+        for i in range(count):
+            consumed += 1
+            yield failed(f"https://example.com/{i}.jpg", elapsed_ms=i)
+
+    summary = record_run(harvest_conn, run_info(), generate(), batches=11)
+
+    assert consumed == count
+    assert summary.urls_total == count
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.downloads") == [(count,)]
+
+
+def test_a_failed_recording_writes_nothing(harvest_conn: Any) -> None:
+    record_run(harvest_conn, run_info(), [ok("https://example.com/a.jpg")], batches=1)
+
+    def broken() -> Iterator[Result]:
+        yield ok("https://example.com/b.jpg")
+        raise RuntimeError("batch results unreadable")
+
+    with pytest.raises(RuntimeError, match="unreadable"):
+        record_run(harvest_conn, run_info(), broken(), batches=1)
+
+    assert downloads(harvest_conn) == [("https://example.com/a.jpg", "ok", SHA_A)]
+    # the connection is usable afterwards
+    record_run(harvest_conn, run_info(), [ok("https://example.com/c.jpg")], batches=1)
+    assert downloads(harvest_conn) == [("https://example.com/c.jpg", "ok", SHA_A)]
+
+
+def test_load_previous_returns_the_newest_ok_validators(harvest_conn: Any) -> None:
+    url = "https://example.com/a.jpg"
+    record_run(
+        harvest_conn,
+        run_info("2026-01-03"),
+        [ok(url, SHA_A, etag='"v1"', fetched_at="2026-01-03T06:00:00+00:00")],
+        batches=1,
+    )
+    record_run(
+        harvest_conn,
+        run_info("2026-01-04"),
+        [ok(url, SHA_B, etag='"v2"', fetched_at="2026-01-04T06:00:00+00:00", width=640, height=480)],
+        batches=1,
+    )
+    # a newer failure does not hide the last good copy
+    record_run(
+        harvest_conn,
+        run_info("2026-01-05"),
+        [failed(url), failed("https://example.com/never-ok.jpg")],
+        batches=1,
+    )
+
+    previous = load_previous(
+        harvest_conn, [url, "https://example.com/never-ok.jpg", "https://example.com/unknown"]
+    )
+
+    assert set(previous) == {url}
+    got = previous[url]
+    assert (got.status, got.etag, got.sha256, got.width, got.height) == (Status.OK, '"v2"', SHA_B, 640, 480)
+    assert got.storage_uri == f"file:///store/bb/bb/{SHA_B}.jpg"
+    assert (got.last_modified, got.content_type, got.bytes) == (
+        "Mon, 05 Jan 2026 00:00:00 GMT",
+        "image/jpeg",
+        1000,
+    )
+    assert got.fetched_at is not None and got.fetched_at.startswith("2026-01-04T06:00:00")
+    assert load_previous(harvest_conn, []) == {}
+
+
+def test_autocommit_connections_are_left_as_found(harvest_conn: Any) -> None:
+    harvest_conn.autocommit = True
+
+    record_run(harvest_conn, run_info(), [ok("https://example.com/a.jpg")], batches=1)
+
+    assert harvest_conn.autocommit is True
+    assert downloads(harvest_conn) == [("https://example.com/a.jpg", "ok", SHA_A)]
