@@ -295,7 +295,7 @@ class Stack:
             "worker": f"{airflow} celery worker --concurrency {self.worker_concurrency}",
         }
         if self.flower_port:
-            commands["flower"] = f"{airflow} celery flower --port {self.flower_port} --address 127.0.0.1"
+            commands["flower"] = f"{airflow} celery flower --port {self.flower_port} --hostname 127.0.0.1"
         if self.demo_port:
             site = REPO / "data" / "demo" / "site"
             commands["demo-images"] = (
@@ -305,6 +305,16 @@ class Stack:
         logs = self.home / "logs"
         sections = [
             f"""\
+            [unix_http_server]
+            file = {self.home / "supervisor.sock"}
+            chmod = 0700
+
+            [rpcinterface:supervisor]
+            supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+            [supervisorctl]
+            serverurl = unix://{self.home / "supervisor.sock"}
+
             [supervisord]
             nodaemon = true
             logfile = {logs / "supervisord.log"}
@@ -374,13 +384,32 @@ class Stack:
                     part: (health.get(part) or {}).get("status")
                     for part in ("metadatabase", "scheduler", "dag_processor")
                 }
-                last = f"health: {states}"
-                if all(state == "healthy" for state in states.values()) and self.worker_ready():
+                programs = self.program_states()
+                last = f"health: {states}, programs: {programs}"
+                failing = [name for name, state in programs.items() if state in ("FATAL", "BACKOFF", "EXITED")]
+                if failing:
+                    logs = ", ".join(str(self.home / "logs" / f"{name}.log") for name in failing)
+                    raise StackError(f"{', '.join(failing)} cannot start; see {logs}")
+                healthy = all(state == "healthy" for state in states.values())
+                if healthy and programs and all(s == "RUNNING" for s in programs.values()) and self.worker_ready():
                     return
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last = f"api-server not answering yet ({exc})"
             time.sleep(2)
         raise StackError(f"the stack did not become healthy in {timeout:.0f}s: {last}; see {self.home / 'logs'}")
+
+    def program_states(self) -> dict[str, str]:
+        """State of every supervised program (RUNNING, STARTING, BACKOFF, FATAL, ...)."""
+        proc = subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(self.home / "supervisord.conf"), "status"],
+            capture_output=True, text=True, timeout=30,
+        )
+        states = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                states[parts[0]] = parts[1]
+        return states
 
     def worker_ready(self) -> bool:
         log = self.home / "logs" / "worker.log"
@@ -434,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             pid = stack.running_pid()
             print(f"running (supervisord pid {pid})" if pid else "not running")
+            for name, state in stack.program_states().items() if pid else ():
+                print(f"  {name:<15} {state}")
             return 0 if pid else 1
         elif args.command == "env":
             stack.write_env_script()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import io
 import logging
+import queue
 import random
 import re
 import tempfile
@@ -25,7 +27,7 @@ import time
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO
@@ -100,6 +102,8 @@ def fetch_batch(
     unique = list(dict.fromkeys(urls))  # a URL listed twice is fetched once and reported twice
     fetcher = _Fetcher(settings, limits=limits or host_limits_for(settings), log=log)
     results: dict[str, Result] = {}
+    if len(unique) < len(urls):
+        log.info("%d duplicate URLs in this batch: each is fetched once", len(urls) - len(unique))
     try:
         if unique:
             _run_all(fetcher, unique, store, previous or {}, deadline, results, log, started)
@@ -138,27 +142,53 @@ def _run_all(
     log: logging.Logger,
     started: float,
 ) -> None:
+    """``concurrency`` threads pull URLs from one queue; this thread collects and reports.
+
+    One long-lived task per thread rather than one future per URL: waiting on tens of thousands of
+    futures costs the collecting thread (and the GIL) more than the downloads themselves.
+    """
     workers = max(1, min(fetcher.settings.concurrency, len(urls)))
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for url in _interleave_hosts(urls):
+        todo.put(url)
+    done: queue.SimpleQueue[tuple[str, Result | BaseException]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                url = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((url, fetcher.fetch_one(url, store, previous.get(url), deadline)))
+            except BaseException as exc:  # storage failure: handed to the collector, which raises it
+                done.put((url, exc))
+                return
+
     failures: dict[str, int] = defaultdict(int)
-    next_report = started + fetcher.settings.progress_interval
+    interval = fetcher.settings.progress_interval
+    next_report = started + interval
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvest-fetch") as executor:
-        pending: dict[Future[Result], str] = {
-            executor.submit(fetcher.fetch_one, url, store, previous.get(url), deadline): url
-            for url in _interleave_hosts(urls)
-        }
-        while pending:
-            done, _ = wait(
-                pending, timeout=max(0.0, next_report - time.monotonic()), return_when=FIRST_COMPLETED
-            )
-            for future in done:
-                url = pending.pop(future)
-                result = future.result()  # fetch_one turns every URL-level failure into a Result
-                results[url] = result
-                if not result.ok:
-                    failures[str(result.status)] += 1
-            if time.monotonic() >= next_report and pending:
-                _log_progress(log, len(results), len(urls), failures, started)
-                next_report = time.monotonic() + fetcher.settings.progress_interval
+        for _ in range(workers):
+            executor.submit(work)
+        try:
+            while len(results) < len(urls):
+                try:
+                    url, outcome = done.get(timeout=max(0.01, next_report - time.monotonic()))
+                except queue.Empty:
+                    outcome = None
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome is not None:
+                    results[url] = outcome
+                    if not outcome.ok:
+                        failures[str(outcome.status)] += 1
+                if time.monotonic() >= next_report:
+                    _log_progress(log, len(results), len(urls), failures, started)
+                    next_report = time.monotonic() + interval
+        finally:
+            stop.set()  # on a storage failure: threads finish their current URL and stop
     _log_progress(log, len(results), len(urls), failures, started, final=True)
 
 
@@ -215,14 +245,21 @@ def _now_iso() -> str:
 
 
 class _Body:
-    """A response body being received: spooled (memory, then disk), hashed and counted."""
+    """A response body being received: in memory, moved to a temporary file past
+    ``SPOOL_IN_MEMORY`` bytes; hashed and counted as it arrives."""
 
     def __init__(self) -> None:
-        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+        # A plain BytesIO, not SpooledTemporaryFile: Pillow and storage read it many times in small
+        # pieces, and the wrapper's Python-level methods showed up in profiles.
+        self.file: IO[bytes] = io.BytesIO()
         self.hasher = hashlib.sha256()
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > SPOOL_IN_MEMORY and isinstance(self.file, io.BytesIO):
+            on_disk = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            on_disk.write(self.file.getbuffer())
+            self.file = on_disk
         self.file.write(chunk)
         self.hasher.update(chunk)
         self.size += len(chunk)
@@ -436,7 +473,9 @@ class _Fetcher:
                 if batch_deadline is not None and time.monotonic() + delay >= batch_deadline:
                     exc.message += " (not retried: the batch deadline, HARVEST_BATCH_DEADLINE, comes first)"
                     raise
-                self.log.debug("%s: attempt %d failed (%s); retrying in %.2fs", trace.url, trace.attempts, exc, delay)
+                self.log.debug(
+                    "%s: attempt %d failed (%s); retrying in %.2fs", trace.url, trace.attempts, exc, delay
+                )
                 time.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
@@ -596,9 +635,10 @@ class _Fetcher:
                         f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT): "
                         f"{body.size} bytes received from {target.host}, which is sending too slowly or endlessly"
                     )
-                if sock is not None:
-                    # Never wait past the total deadline, even inside one read.
-                    sock.settimeout(min(settings.read_timeout, remaining))
+                if sock is not None and remaining < settings.read_timeout:
+                    # Never wait past the total deadline, even inside one read. (Only near the
+                    # deadline: each settimeout() costs system calls.)
+                    sock.settimeout(remaining)
                 try:
                     chunk = response.read1(READ_CHUNK)
                 except ReadTimeoutError as exc:

@@ -136,14 +136,21 @@ def forbidden_reason(address: IPAddress) -> str | None:
         ("unspecified", address.is_unspecified),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
     )
     for label, hit in checks:
         if hit:
             return label
     # Shared address space (100.64/10), documentation ranges, 6to4 relays...: not the open web.
     return None if address.is_global else "non-public"
+
+
+def _connectable(address: IPAddress) -> str:
+    """An IPv4-mapped IPv6 address is reached over IPv4 (hosts without IPv6 cannot open it)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 class AddressGuard:
@@ -187,20 +194,21 @@ class AddressGuard:
         """The address to connect to for ``target``; raise :class:`Blocked` if none may be contacted."""
         addresses = self._lookup(target.host, target.port)
         if not self.enabled or self.host_allowed(target.host):
-            return str(addresses[0])
+            return _connectable(addresses[0])
         first_reason: tuple[IPAddress, str] | None = None
         for address in addresses:
             reason = forbidden_reason(address)
             if reason is None or self.address_allowed(address):
-                return str(address)
+                return _connectable(address)
             first_reason = first_reason or (address, reason)
         assert first_reason is not None
         address, reason = first_reason
         subject = (
             str(address) if target.host == str(address) else f"{target.host} resolves to {address}, which"
         )
+        article = "an" if reason[0] in "aeiou" else "a"
         raise Blocked(
-            f"{subject} is a {reason} address: the address guard refuses it "
+            f"{subject} is {article} {reason} address: the address guard refuses it "
             f"(to allow it on purpose add the host or a CIDR to HARVEST_ALLOW_HOSTS)"
         )
 

@@ -38,6 +38,8 @@ __all__ = [
 DEFAULT_KEY_PREFIX = "harvest"
 # Slack on top of the longest attempt before an unreleased lease is considered leaked.
 LEASE_MARGIN_SECONDS = 5.0
+# After a Redis failure, how long the process relies on its own limits before trying Redis again.
+REDIS_RETRY_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,22 @@ class RedisHostLimits:
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE_SCRIPT)
         self._pause = client.register_script(_PAUSE_SCRIPT)
+        # If Redis goes away mid-batch, keep fetching politely with this process's own limits.
+        self._fallback = LocalHostLimits(per_host)
+        self._redis_down_until = 0.0
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if time.monotonic() >= self._redis_down_until:
+            log.warning(
+                "Redis unavailable (%s): per-host limits hold for this process only for the next %.0fs",
+                exc,
+                REDIS_RETRY_SECONDS,
+            )
+        # Each failing call costs connect timeouts: stop asking for a while.
+        self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+
+    def _redis_up(self) -> bool:
+        return time.monotonic() >= self._redis_down_until
 
     def slots_key(self, host: str) -> str:
         return f"{self.prefix}:slots:{host}"
@@ -179,7 +197,13 @@ class RedisHostLimits:
         keys = [self.slots_key(host), self.pause_key(host)]
         busy_wait = 0.005
         while True:
-            granted = int(self._acquire(keys=keys, args=[self.per_host, token, self.lease_ms]))
+            if not self._redis_up():
+                return self._fallback.acquire(host, deadline=deadline)
+            try:
+                granted = int(self._acquire(keys=keys, args=[self.per_host, token, self.lease_ms]))
+            except _REDIS_ERRORS as exc:
+                self._redis_failed(exc)
+                return self._fallback.acquire(host, deadline=deadline)
             if granted == 1:
                 return Lease(host, token)
             now = time.monotonic()
@@ -195,16 +219,44 @@ class RedisHostLimits:
             time.sleep(wait if deadline is None else max(0.0, min(wait, deadline - now)))
 
     def release(self, lease: Lease) -> None:
-        self.client.zrem(self.slots_key(lease.host), lease.token)
+        if not lease.token:  # a slot of the local fallback
+            self._fallback.release(lease)
+            return
+        if not self._redis_up():
+            return  # the lease expires on its own
+        try:
+            self.client.zrem(self.slots_key(lease.host), lease.token)
+        except _REDIS_ERRORS as exc:
+            self._redis_failed(exc)  # the lease expires on its own
 
     def pause(self, host: str, seconds: float) -> None:
-        if seconds > 0:
+        if seconds <= 0:
+            return
+        self._fallback.pause(host, seconds)
+        if not self._redis_up():
+            return
+        try:
             self._pause(keys=[self.pause_key(host)], args=[max(1, int(seconds * 1000))])
+        except _REDIS_ERRORS as exc:
+            self._redis_failed(exc)
 
     def paused_for(self, host: str) -> float:
-        remaining = int(self.client.pttl(self.pause_key(host)))
+        if not self._redis_up():
+            return self._fallback.paused_for(host)
+        try:
+            remaining = int(self.client.pttl(self.pause_key(host)))
+        except _REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return self._fallback.paused_for(host)
         return remaining / 1000 if remaining > 0 else 0.0
 
+
+try:
+    from redis.exceptions import RedisError
+
+    _REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+except ImportError:  # the engine works without the redis client when redis_url is unset
+    _REDIS_ERRORS = (OSError,)
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()

@@ -112,16 +112,33 @@ def read_sources(
         log.warning("No URL list for %s: %s", ctx.list_date, exc)
         write_items(workspace.items_uri, [])
         write_results(workspace.rejected_uri, [])
-        return {**manifest, "source": f"list for {ctx.list_date} under {list_base_uri}", "urls": 0, "rejected": 0, "duplicates": 0,
-                "outcome": "no_source", "reason": str(exc)}
+        return {
+            **manifest,
+            "source": f"list for {ctx.list_date} under {list_base_uri}",
+            "urls": 0,
+            "rejected": 0,
+            "duplicates": 0,
+            "outcome": "no_source",
+            "reason": str(exc),
+        }
     write_items(workspace.items_uri, read.items)
     write_results(workspace.rejected_uri, read.rejected)
     log.info(
         "Read %d URLs from %s (%d rejected, %d duplicates dropped)",
-        len(read.items), read.origin, len(read.rejected), read.duplicates,
+        len(read.items),
+        read.origin,
+        len(read.rejected),
+        read.duplicates,
     )
-    return {**manifest, "source": read.origin, "urls": len(read.items), "rejected": len(read.rejected),
-            "duplicates": read.duplicates, "outcome": "recorded", "reason": None}
+    return {
+        **manifest,
+        "source": read.origin,
+        "urls": len(read.items),
+        "rejected": len(read.rejected),
+        "duplicates": read.duplicates,
+        "outcome": "recorded",
+        "reason": None,
+    }
 
 
 def plan(
@@ -129,19 +146,22 @@ def plan(
 ) -> list[dict[str, Any]]:
     """Split the run's URLs into batch files; return one small descriptor per batch."""
     workspace = RunWorkspace(work_uri, dag_run_id)
-    batches = planning.plan_batches(read_items(manifest["items_uri"]), batch_size=batch_size,
-                                    max_batches=max_batches)
+    batches = planning.plan_batches(
+        read_items(manifest["items_uri"]), batch_size=batch_size, max_batches=max_batches
+    )
     planned = []
     for index, batch in enumerate(batches):
         uri = workspace.batch_uri(index)
         write_items(uri, batch)
-        planned.append({
-            "index": index,
-            "uri": uri,
-            "results_uri": workspace.results_uri(index),
-            "urls": len(batch),
-            "label": f"batch {index + 1}/{len(batches)} · {planning.describe_batch(batch)}",
-        })
+        planned.append(
+            {
+                "index": index,
+                "uri": uri,
+                "results_uri": workspace.results_uri(index),
+                "urls": len(batch),
+                "label": f"batch {index + 1}/{len(batches)} · {planning.describe_batch(batch)}",
+            }
+        )
     log.info("Planned %d URLs into %d batches", manifest["urls"], len(planned))
     return planned
 
@@ -165,8 +185,9 @@ def download(
     if use_previous and settings.conditional_requests:
         with closing(connect()) as conn:
             previous = results.load_previous(conn, urls)
-    fetched = fetch_batch(urls, settings, store=ContentAddressedStore(storage_uri), previous=previous,
-                          log=log)
+    fetched = fetch_batch(
+        urls, settings, store=ContentAddressedStore(storage_uri), previous=previous, log=log
+    )
     if len(fetched) != len(items):  # the engine's contract; a silent drop would lose URLs
         raise RuntimeError(f"fetch_batch returned {len(fetched)} results for {len(items)} URLs")
     for item, result in zip(items, fetched, strict=True):
@@ -208,8 +229,12 @@ def record(
     )
     with closing(connect()) as conn:
         summary = results.record_run(
-            conn, run, read_results(uris), batches=len(summaries),
-            outcome=manifest["outcome"], reason=manifest["reason"],
+            conn,
+            run,
+            read_results(uris),
+            batches=len(summaries),
+            outcome=manifest["outcome"],
+            reason=manifest["reason"],
         )
     expected = manifest["urls"] + manifest["rejected"]
     if summary.urls_total != expected:  # every URL gets exactly one answer, or the run says so

@@ -96,9 +96,9 @@ class RunSummary:
     def format(self) -> str:
         """A short table for the task log."""
         lines = [f"run {self.run_key} · {self.outcome} · {self.source}"]
-        if self.reason:
-            lines.append(f"  reason      {self.reason}")
         width = max([len(status) for status in self.counts] + [10])
+        if self.reason:
+            lines.append(f"  {'reason':<{width}}  {self.reason}")
         for status in sorted(self.counts, key=lambda s: (-self.counts[s], s)):
             lines.append(f"  {status:<{width}}  {self.counts[status]:>8}")
         lines.append(
@@ -401,7 +401,10 @@ def _write(cur: Any, run: RunInfo, *, batches: int, outcome: str, reason: str | 
 
 
 def load_previous(conn: Any, urls: Sequence[str]) -> dict[str, Result]:
-    """The newest ``ok`` download of each URL, across all runs, for conditional requests.
+    """The newest stored copy of each URL, across all runs, for conditional requests.
+
+    ``not_modified`` rows count too: they carry the validators and blob of the copy they confirmed,
+    so a date re-run (which turns its rows into ``not_modified``) keeps the cache warm.
 
     Each value carries the validators (``etag``, ``last_modified``) and what was stored
     (``sha256``, ``storage_uri``, ``content_type``, ``bytes``, ``width``, ``height``); URLs never
@@ -415,7 +418,7 @@ def load_previous(conn: Any, urls: Sequence[str]) -> dict[str, Result]:
             SELECT DISTINCT ON (url) url, http_status, final_url, etag, last_modified, sha256,
                 storage_uri, content_type, bytes, width, height, fetched_at
             FROM harvest.downloads
-            WHERE url = ANY(%s) AND status = 'ok'
+            WHERE url = ANY(%s) AND status IN ('ok', 'not_modified') AND sha256 IS NOT NULL
             ORDER BY url, fetched_at DESC NULLS LAST, recorded_at DESC
             """,
             (list(urls),),

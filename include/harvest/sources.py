@@ -159,8 +159,9 @@ def _rejected_key(raw: str, line: int) -> str:
     if not text.isascii():
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    if len(text) > MAX_URL_LENGTH:
-        text = f"{text[: MAX_URL_LENGTH - 40]}... (cut, line {line})"
+    if len(text) > MAX_URL_LENGTH or len(text.encode("utf-8")) > MAX_URL_LENGTH:
+        head = text.encode("utf-8")[: MAX_URL_LENGTH - 40].decode("utf-8", "ignore")
+        text = f"{head}... (cut, line {line})"
     return text
 
 
@@ -201,7 +202,11 @@ def read_list_for_date(base_uri: str, day: date) -> SourceRead:
 
 
 def read_list(uri: str) -> SourceRead:
-    """Read one list file (local path or fsspec URI); its format comes from its extension."""
+    """Read one list file (local path or fsspec URI).
+
+    The format comes from the extension: ``.csv`` or ``.csv.gz`` is CSV, anything else is read as
+    text with one URL a line; ``.gz`` is decompressed.
+    """
     import fsspec
 
     kind, compressed = _format_of(uri)
@@ -210,8 +215,10 @@ def read_list(uri: str) -> SourceRead:
             return _parse_stream(raw, kind, origin=uri)
     except FileNotFoundError as exc:
         raise SourceNotFound(f"no URL list at {uri}", [uri]) from exc
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise SourceFormatError(f"cannot read {uri}: {exc}") from exc
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise SourceFormatError(f"{uri} is not a complete gzip file: {exc}") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot read {uri}: {exc}") from exc
 
 
 def read_remote_list(url: str, fetch: Callable[[str], bytes]) -> SourceRead:
@@ -219,7 +226,8 @@ def read_remote_list(url: str, fetch: Callable[[str], bytes]) -> SourceRead:
 
     The format comes from the URL's extension (``.txt``, ``.csv``, ``.gz``) and, when that says
     nothing, from the content: a body starting with gzip's magic is decompressed, and a first line
-    naming a ``url`` column among comma-separated names is read as CSV.
+    naming a ``url`` column among comma-separated names is read as CSV. Errors of ``fetch`` (the
+    list's server is down, answers 404, sends too much) propagate unchanged.
     """
     try:
         list_url = normalize_url(url)
@@ -236,8 +244,8 @@ def read_remote_list(url: str, fetch: Callable[[str], bytes]) -> SourceRead:
             kind = "csv" if _looks_like_csv_header(head) else "txt"
             stream = io.BufferedReader(_Prepend(head, stream))
         return _parse_stream(stream, kind, origin=list_url)
-    except (OSError, EOFError) as exc:
-        raise SourceFormatError(f"cannot read the list at {list_url}: {exc}") from exc
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise SourceFormatError(f"the list at {list_url} is not a complete gzip file: {exc}") from exc
 
 
 def _format_of(uri: str) -> tuple[str, bool]:

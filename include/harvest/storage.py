@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
+import re
 import threading
 import uuid
 from typing import IO
@@ -24,6 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 __all__ = ["ContentAddressedStore"]
 
 COPY_CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ContentAddressedStore:
@@ -42,7 +43,7 @@ class ContentAddressedStore:
 
     def path_for(self, sha256: str, extension: str) -> str:
         """Where a blob lives inside the filesystem (no protocol)."""
-        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        if not _SHA256.fullmatch(sha256):
             raise ValueError(f"not a lower-case hex SHA-256: {sha256!r}")
         if not extension.isalnum():
             raise ValueError(f"not a plain file extension: {extension!r}")
@@ -78,18 +79,40 @@ class ContentAddressedStore:
             return
         directory = os.path.dirname(path)
         if directory not in self._made_dirs:
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.mkdir(directory)  # usually only the leaf is missing: one system call
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
             with self._dirs_lock:
                 self._made_dirs.add(directory)
         # Hidden, unique, same directory: the rename cannot cross filesystems and readers never
         # see the name until the bytes are all there. Two writers of the same blob both succeed.
         temporary = f"{directory}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
-        stream.seek(0)
         try:
-            with open(temporary, "xb") as out:
-                shutil.copyfileobj(stream, out, COPY_CHUNK)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            try:
+                if isinstance(stream, io.BytesIO):
+                    with stream.getbuffer() as view:  # no copy of the body held in memory
+                        _write_all(fd, view)
+                else:
+                    stream.seek(0)
+                    while chunk := stream.read(COPY_CHUNK):
+                        _write_all(fd, chunk)
+            finally:
+                os.close(fd)
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -44,7 +44,7 @@ def normalize_url(raw: str) -> str:
     """Return the canonical form of ``raw`` or raise :class:`InvalidUrl`.
 
     - surrounding whitespace stripped; whitespace or control characters inside are refused
-    - only ``http`` and ``https``; scheme and host lower-cased
+    - only ``http`` and ``https``, without credentials; scheme and host lower-cased
     - non-ASCII host names IDNA-encoded (``bücher.de`` -> ``xn--bcher-kva.de``)
     - default ports dropped (``:80`` for http, ``:443`` for https), an empty path becomes ``/``
     - the fragment dropped (it never reaches the server)
@@ -82,7 +82,10 @@ def normalize_url(raw: str) -> str:
 
 
 def _normalize_netloc(netloc: str, scheme: str) -> str:
-    userinfo, _, hostport = netloc.rpartition("@")
+    _, at, hostport = netloc.rpartition("@")
+    if at:
+        # Credentials in a URL end up in logs and in harvest.downloads, and the fetcher refuses them.
+        raise InvalidUrl("contains credentials (user:password@); remove them, Harvest does not send them")
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
@@ -97,8 +100,7 @@ def _normalize_netloc(netloc: str, scheme: str) -> str:
         host = _normalize_host(host_text)
 
     port = _parse_port(port_text)
-    hostport = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    return f"{_encode_non_ascii(userinfo)}@{hostport}" if userinfo else hostport
+    return host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
 
 
 @functools.lru_cache(maxsize=4096)  # lists repeat a few hosts many times

@@ -318,6 +318,20 @@ def test_load_previous_returns_the_newest_ok_validators(harvest_conn: Any) -> No
     assert load_previous(harvest_conn, []) == {}
 
 
+def test_load_previous_keeps_validators_through_not_modified_rows(harvest_conn: Any) -> None:
+    url = "https://example.com/a.jpg"
+    record_run(harvest_conn, run_info("2026-01-03"), [ok(url, SHA_A, etag='"v1"')], batches=1)
+    # re-running the same date answers 304: the row becomes not_modified but keeps what it confirmed
+    confirmed = ok(url, SHA_A, etag='"v1"')
+    confirmed.status = Status.NOT_MODIFIED
+    record_run(harvest_conn, run_info("2026-01-03"), [confirmed], batches=1)
+    assert downloads(harvest_conn, "2026-01-03") == [(url, "not_modified", SHA_A)]
+
+    previous = load_previous(harvest_conn, [url])
+
+    assert (previous[url].etag, previous[url].sha256) == ('"v1"', SHA_A)
+
+
 def test_autocommit_connections_are_left_as_found(harvest_conn: Any) -> None:
     harvest_conn.autocommit = True
 
@@ -325,3 +339,20 @@ def test_autocommit_connections_are_left_as_found(harvest_conn: Any) -> None:
 
     assert harvest_conn.autocommit is True
     assert downloads(harvest_conn) == [("https://example.com/a.jpg", "ok", SHA_A)]
+
+
+def test_the_longest_accepted_url_fits_the_downloads_key(harvest_conn: Any) -> None:
+    import secrets
+
+    from include.harvest.urls import MAX_URL_LENGTH, normalize_url
+
+    prefix = "https://example.com/"
+    url = normalize_url(
+        prefix + secrets.token_hex(MAX_URL_LENGTH)[: MAX_URL_LENGTH - len(prefix)]
+    )  # incompressible
+
+    record_run(
+        harvest_conn, run_info(run_key="manual__2026-01-05T06:00:00.123456+00:00"), [ok(url)], batches=1
+    )
+
+    assert rows(harvest_conn, "SELECT length(url) FROM harvest.downloads") == [(MAX_URL_LENGTH,)]

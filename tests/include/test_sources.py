@@ -339,3 +339,23 @@ def test_read_table_selects_the_day(harvest_conn: Any) -> None:
 
     with pytest.raises(SourceNotFound, match="no rows in harvest.url_sources"):
         read_table(harvest_conn, date(2026, 1, 7))
+
+
+def test_a_corrupt_gzip_list_is_a_format_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "2026-01-05.txt.gz"
+    path.write_bytes(gzip.compress(b"https://example.com/a.jpg\n" * 1000)[:-20])  # truncated
+
+    with pytest.raises(SourceFormatError, match=r"2026-01-05.txt.gz is not a complete gzip file"):
+        read_list_for_date(str(tmp_path), DAY)
+
+
+def test_very_long_bad_lines_are_cut_to_a_storable_unique_key() -> None:
+    long_ascii = "x" * 5000
+    long_unicode = "ü" * 1500  # 1500 characters but 3000 bytes: the index limit is in bytes
+
+    read = parse_manual([long_ascii, long_ascii + "y", long_unicode])
+
+    keys = [r.url for r in read.rejected]
+    assert len(keys) == 3 and len(set(keys)) == 3
+    assert all(len(key.encode("utf-8")) <= 2048 for key in keys)
+    assert keys[1].endswith("... (cut, line 2)")

@@ -23,7 +23,7 @@ from include.harvest.urls import MAX_URL_LENGTH, InvalidUrl, normalize_url
         ("https://example.com/a%20b.jpg?x=%2F", "https://example.com/a%20b.jpg?x=%2F"),
         ("http://[2001:DB8::1]:80/a", "http://[2001:db8::1]/a"),
         ("http://192.0.2.1:8080/a", "http://192.0.2.1:8080/a"),
-        ("https://user:secret@Example.com/a", "https://user:secret@example.com/a"),
+        ("https://example.com/@artist/a.jpg?by=a@b", "https://example.com/@artist/a.jpg?by=a@b"),
     ],
 )
 def test_normalize_url_gives_one_canonical_spelling(raw: str, expected: str) -> None:
@@ -61,6 +61,8 @@ def test_path_case_is_kept_because_servers_may_care() -> None:
         ("https://example.com/\x00.jpg", "control character U+0000"),
         ("https://example.com/\x7f", "control character U+007F"),
         ("https://", "no host"),
+        ("https://user:secret@example.com/a", "contains credentials"),
+        ("https://@example.com/a", "contains credentials"),
         ("https://:8080/a", "no host"),
         ("https://example.com:99999/a", "port '99999'"),
         ("https://example.com:http/a", "port 'http'"),

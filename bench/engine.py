@@ -1,0 +1,181 @@
+"""Benchmark: the Harvest engine vs a plain urllib3 thread pool, same URLs, same nginx, one run.
+
+    .venv/bin/python -m bench.engine                 # 20,000 JPEGs, results in bench/results/engine.json
+    .venv/bin/python -m bench.engine --urls 2000 --rounds 1 --no-save
+
+The baseline only GETs each URL and writes the bytes to a file. The engine does everything it does
+in production: URL checks, address guard (127.0.0.1 allowed explicitly), per-host slots, streaming
+with caps and deadlines, SHA-256, sniffing, Pillow verification, atomic content-addressed storage.
+Rounds alternate baseline / engine and start from empty output directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import urllib3
+
+from bench.imageset import ImageSpec, build_imageset
+from bench.nginx import Nginx
+from include.harvest.fetch import fetch_batch
+from include.harvest.settings import FetchSettings
+from include.harvest.storage import ContentAddressedStore
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / "tmp"
+
+
+def run_baseline(urls: list[str], out: Path, concurrency: int) -> tuple[float, int]:
+    """Plain urllib3: GET, write the bytes. Returns (seconds, URLs fetched with 200)."""
+    http = urllib3.PoolManager(maxsize=concurrency, block=False)
+    timeout = urllib3.Timeout(connect=5, read=10)
+
+    def one(item: tuple[int, str]) -> bool:
+        index, url = item
+        response = http.request("GET", url, timeout=timeout, retries=False)
+        if response.status != 200:
+            return False
+        with open(out / f"{index}.jpg", "wb") as file:
+            file.write(response.data)
+        return True
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as executor:
+        ok = sum(executor.map(one, enumerate(urls)))
+    return time.perf_counter() - started, ok
+
+
+def run_engine(urls: list[str], out: Path, settings: FetchSettings) -> tuple[float, Counter[str]]:
+    store = ContentAddressedStore(f"file://{out}")
+    started = time.perf_counter()
+    results = fetch_batch(urls, settings, store=store)
+    elapsed = time.perf_counter() - started
+    return elapsed, Counter(str(r.status) for r in results)
+
+
+def jpegs(count: int) -> list[ImageSpec]:
+    """The first ``count`` JPEGs of the shared benchmark image set (about one image in five is a PNG)."""
+    wanted = int(count * 1.3) + 50
+    while True:
+        found = [spec for spec in build_imageset(wanted) if spec.format == "JPEG"]
+        if len(found) >= count:
+            return found[:count]
+        wanted = int(wanted * 1.2)
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--urls", type=int, default=20_000, help="number of distinct JPEGs (default 20000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="threads on both sides (default 32)")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline/engine pairs (default 3)")
+    parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument(
+        "--redis-url", default=None, help="coordinate per-host slots through this Redis (default: in-process)"
+    )
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "engine.json"))
+    parser.add_argument("--no-save", action="store_true", help="print only, do not write --output")
+    args = parser.parse_args(argv)
+
+    specs = jpegs(args.urls)
+    images_dir = build_imageset(0).root
+    names = [spec.path for spec in specs]
+    size = sum(spec.size for spec in specs)
+    print(
+        f"{len(specs)} distinct JPEGs under {images_dir}: {size / 1e6:.0f} MB, "
+        f"{size / len(specs) / 1024:.0f} KiB average",
+        flush=True,
+    )
+
+    settings = FetchSettings(
+        concurrency=args.concurrency,
+        # One host serves everything here; the per-host cap must not be what is measured.
+        per_host_concurrency=args.concurrency,
+        allow_hosts=("127.0.0.1",),
+        redis_url=args.redis_url,
+        progress_interval=60,
+    )
+    baseline_rates: list[float] = []
+    engine_rates: list[float] = []
+    statuses: Counter[str] = Counter()
+    with Nginx(images_dir, worker_processes=args.nginx_workers) as server:
+        urls = [f"{server.base_url}/{name}" for name in names]
+        run_baseline(urls[:500], fresh(WORK / "warmup"), args.concurrency)
+        for round_number in range(1, args.rounds + 1):
+            seconds, ok = run_baseline(urls, fresh(WORK / "out-baseline"), args.concurrency)
+            baseline_rates.append(ok / seconds)
+            print(
+                f"round {round_number}: baseline {ok / seconds:7.0f} URLs/s ({ok} ok in {seconds:.1f}s)",
+                flush=True,
+            )
+            seconds, statuses = run_engine(urls, fresh(WORK / "out-engine"), settings)
+            engine_rates.append(len(urls) / seconds)
+            print(
+                f"round {round_number}: engine   {len(urls) / seconds:7.0f} URLs/s ({dict(statuses)} in {seconds:.1f}s)",
+                flush=True,
+            )
+    for leftover in ("warmup", "out-baseline", "out-engine"):
+        shutil.rmtree(WORK / leftover, ignore_errors=True)
+
+    summary = {
+        "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "urllib3": urllib3.__version__,
+            "nginx": _nginx_version(),
+            "nginx_workers": args.nginx_workers,
+        },
+        "urls": args.urls,
+        "bytes": size,
+        "concurrency": args.concurrency,
+        "redis_url": args.redis_url,
+        "baseline_urls_per_s": [round(r, 1) for r in baseline_rates],
+        "engine_urls_per_s": [round(r, 1) for r in engine_rates],
+        "baseline_median": round(statistics.median(baseline_rates), 1),
+        "engine_median": round(statistics.median(engine_rates), 1),
+        "ratio_median": round(statistics.median(engine_rates) / statistics.median(baseline_rates), 3),
+        "ratio_best": round(max(engine_rates) / max(baseline_rates), 3),
+        "engine_statuses_last_round": dict(statuses),
+    }
+    print(
+        f"baseline {summary['baseline_median']} URLs/s, engine {summary['engine_median']} URLs/s, "
+        f"ratio {summary['ratio_median']} (median of {args.rounds}), {summary['ratio_best']} (best)"
+    )
+    if not args.no_save:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"saved {args.output}")
+    return 0 if statuses.get("ok") == len(names) else 1
+
+
+def _nginx_version() -> str:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    try:
+        return subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stderr.strip()
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,373 @@
+"""The download engine against a hostile server: every URL ends as one result, the others stay ok.
+
+Most cases run in one shared batch (as they would in production: one bad URL among good ones),
+so every case also checks that the good URLs of that same batch came out ok.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from include.harvest.errors import Blocked, HttpError, TooLarge
+from include.harvest.fetch import fetch_batch, fetch_bytes
+from include.harvest.models import Result, Status
+from include.harvest.settings import FetchSettings
+from include.harvest.storage import ContentAddressedStore
+
+if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
+    from tests.include.conftest import HostileServer, Images
+
+# path -> (content type, width, height) of the images that must come out ok in the shared batch
+GOOD = {
+    "/ok.png": ("image/png", 64, 48),
+    "/ok.jpg": ("image/jpeg", 80, 60),
+    "/ok.gif": ("image/gif", 32, 16),
+    "/ok.webp": ("image/webp", 40, 30),
+    "/same-a.png": ("image/png", 20, 20),
+    "/same-b.png": ("image/png", 20, 20),
+    "/chain/3": ("image/png", 64, 48),  # three redirects, under the cap of five
+    "/flaky.png": ("image/png", 64, 48),  # 500, then 200
+    "/throttled.png": ("image/png", 64, 48),  # 429 Retry-After: 1, then 200
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A hostile URL and what it must be recorded as."""
+
+    url: Callable[[HostileServer, str], str]
+    status: Status
+    error: tuple[str, ...]  # fragments the error text must contain
+    attempts: int | None = None
+    http_status: int | None = None
+
+
+def on_server(path: str) -> Callable[[HostileServer, str], str]:
+    return lambda server, _refused: server.url(path)
+
+
+def literal(url: str) -> Callable[[HostileServer, str], str]:
+    return lambda _server, _refused: url
+
+
+CASES = {
+    "404": Case(on_server("/status/404"), Status.HTTP_ERROR, ("404 Not Found",), attempts=1, http_status=404),
+    "503 forever": Case(
+        on_server("/unavailable.png"),
+        Status.HTTP_ERROR,
+        ("503", "gave up after 3 attempts", "HARVEST_MAX_ATTEMPTS"),
+        attempts=3,
+        http_status=503,
+    ),
+    "429 past the Retry-After cap": Case(
+        on_server("/throttled-forever.png"),
+        Status.HTTP_ERROR,
+        ("429", "Retry-After 3600s", "HARVEST_RETRY_AFTER_CAP"),
+        attempts=1,
+        http_status=429,
+    ),
+    "connection refused": Case(
+        lambda _server, refused: refused,
+        Status.CONNECTION_ERROR,
+        ("could not connect to 127.0.0.1", "refused", "gave up after 3 attempts"),
+        attempts=3,
+    ),
+    "accepts, never answers": Case(
+        on_server("/silent.png"), Status.TIMEOUT, ("sent no response within 1.0s", "HARVEST_READ_TIMEOUT")
+    ),
+    "drips one byte a second": Case(
+        on_server("/drip.jpg"), Status.TIMEOUT, ("not complete after 2s", "HARVEST_TOTAL_TIMEOUT")
+    ),
+    "endless chunked body": Case(
+        on_server("/endless"), Status.TIMEOUT, ("not complete after 2s", "HARVEST_TOTAL_TIMEOUT")
+    ),
+    "Content-Length over the cap": Case(
+        on_server("/huge-declared.jpg"),
+        Status.TOO_LARGE,
+        ("declared 31457280 bytes", "1 MiB cap", "HARVEST_MAX_BYTES"),
+        attempts=1,
+        http_status=200,
+    ),
+    "no Content-Length, body over the cap": Case(
+        on_server("/huge-undeclared.jpg"),
+        Status.TOO_LARGE,
+        ("more than 1048576 bytes", "1 MiB cap", "stopped reading"),
+        attempts=1,
+    ),
+    "redirect loop": Case(
+        on_server("/loop-a"), Status.TOO_MANY_REDIRECTS, ("redirect loop", "/loop-a"), attempts=1
+    ),
+    "redirect chain over the cap": Case(
+        on_server("/chain/8"), Status.TOO_MANY_REDIRECTS, ("more than 5 redirects", "HARVEST_MAX_REDIRECTS")
+    ),
+    "redirect to a private address": Case(
+        on_server("/to-private"), Status.BLOCKED, ("10.0.0.1 is a private address", "HARVEST_ALLOW_HOSTS")
+    ),
+    "file://": Case(
+        literal("file:///etc/passwd"), Status.REJECTED, ("scheme 'file:'", "only http and https")
+    ),
+    "ftp://": Case(literal("ftp://example.com/a.jpg"), Status.REJECTED, ("scheme 'ftp:'",)),
+    "data:": Case(literal("data:image/png;base64,iVBORw0KGgo="), Status.REJECTED, ("scheme 'data:'",)),
+    "javascript:": Case(literal("javascript:alert(1)"), Status.REJECTED, ("scheme 'javascript:'",)),
+    "space in URL": Case(on_server("/with space.png"), Status.REJECTED, ("contains a space", "%20")),
+    "CR/LF in URL": Case(
+        on_server("/ok.png\r\nX-Injected: 1"), Status.REJECTED, ("carriage return (CR)", "percent-encode")
+    ),
+    "HTML served as image/jpeg": Case(
+        on_server("/html-as.jpg"), Status.INVALID_CONTENT, ("text/html, not an image", "declared image/jpeg")
+    ),
+    "truncated JPEG": Case(on_server("/truncated.jpg"), Status.INVALID_CONTENT, ("image/jpeg is truncated",)),
+    "PNG declaring 30000 x 30000": Case(
+        on_server("/bomb.png"),
+        Status.INVALID_CONTENT,
+        ("30000 x 30000", "HARVEST_MAX_PIXELS", "decompression bomb"),
+    ),
+    "SVG by default": Case(on_server("/svg.svg"), Status.INVALID_CONTENT, ("SVG", "HARVEST_ALLOW_SVG")),
+    "X-Robots-Tag: noai": Case(
+        on_server("/noai.png"),
+        Status.BLOCKED,
+        ("X-Robots-Tag: noai", "HARVEST_RESPECT_ROBOTS_TAG"),
+        attempts=1,
+    ),
+}
+
+
+@dataclass
+class Batch:
+    urls: list[str]
+    results: list[Result]
+    by_url: dict[str, Result]
+    store: ContentAddressedStore
+    elapsed: float
+    server: HostileServer
+
+
+@pytest.fixture(scope="module")
+def batch(
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    refused_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Batch:
+    """One batch holding every hostile case and every good image, fetched once."""
+    store = ContentAddressedStore(f"file://{tmp_path_factory.mktemp('batch')}/storage")
+    good = [hostile_server.url(path) for path in GOOD]
+    bad = [case.url(hostile_server, refused_url) for case in CASES.values()]
+    # Good URLs are spread among the bad ones, and one is listed twice.
+    urls = (
+        [url for pair in zip(good, bad, strict=False) for url in pair] + bad[len(good) :] + good[len(bad) :]
+    )
+    urls.append(good[0])
+    started = time.monotonic()
+    results = fetch_batch(urls, fast_settings, store=store)
+    return Batch(
+        urls,
+        results,
+        dict(zip(urls, results, strict=True)),
+        store,
+        time.monotonic() - started,
+        hostile_server,
+    )
+
+
+def assert_good_urls_ok(batch: Batch) -> None:
+    for path, (content_type, width, height) in GOOD.items():
+        result = batch.by_url[batch.server.url(path)]
+        assert result.status is Status.OK, (path, result.error)
+        assert (result.content_type, result.width, result.height) == (content_type, width, height)
+        assert result.error is None
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_case_is_recorded_and_the_batch_goes_on(name: str, batch: Batch, refused_url: str) -> None:
+    case = CASES[name]
+    url = case.url(batch.server, refused_url)
+    result = batch.by_url[url]
+    assert result.url == url
+    assert result.status is case.status, result.error
+    assert result.error and all(fragment in result.error for fragment in case.error), result.error
+    if case.attempts is not None:
+        assert result.attempts == case.attempts
+    if case.http_status is not None:
+        assert result.http_status == case.http_status
+    assert result.sha256 is None and result.storage_uri is None
+    assert result.fetched_at and result.fetched_at.endswith("+00:00")
+    if case.status is not Status.REJECTED:
+        assert result.final_url and result.attempts >= 1
+    assert_good_urls_ok(batch)
+
+
+def test_one_result_per_url_in_input_order(batch: Batch) -> None:
+    assert [r.url for r in batch.results] == batch.urls
+    assert batch.urls.count(batch.urls[0]) == 2  # the duplicate got its own result
+    assert batch.results[0].to_record() == batch.results[-1].to_record()
+
+
+def test_good_images_are_stored_with_their_sha256(batch: Batch, images: Images) -> None:
+    expected = {"/ok.png": images.png, "/ok.jpg": images.jpeg, "/ok.gif": images.gif, "/ok.webp": images.webp}
+    for path, body in expected.items():
+        result = batch.by_url[batch.server.url(path)]
+        sha256 = hashlib.sha256(body).hexdigest()
+        assert result.sha256 == sha256
+        assert result.bytes == len(body)
+        assert result.http_status == 200 and result.attempts == 1
+        assert result.storage_uri == batch.store.uri_for(sha256, path.rsplit(".", 1)[1])
+        assert result.storage_uri.endswith(f"/{sha256[:2]}/{sha256[2:4]}/{sha256}.{path.rsplit('.', 1)[1]}")
+        assert Path(result.storage_uri.removeprefix("file://")).read_bytes() == body
+
+
+def test_same_image_at_two_urls_is_one_blob(batch: Batch) -> None:
+    a = batch.by_url[batch.server.url("/same-a.png")]
+    b = batch.by_url[batch.server.url("/same-b.png")]
+    assert a.status is b.status is Status.OK
+    assert a.sha256 == b.sha256 and a.storage_uri == b.storage_uri
+    assert a.content_type == b.content_type == "image/png"  # sniffed; /same-b.png claims octet-stream
+    blobs = [
+        name for _, _, files in os.walk(batch.store.root) for name in files if a.sha256 and a.sha256 in name
+    ]
+    assert blobs == [f"{a.sha256}.png"]
+
+
+def test_no_partial_or_temporary_files_left(batch: Batch) -> None:
+    leftovers = [name for _, _, files in os.walk(batch.store.root) for name in files if name.startswith(".")]
+    assert leftovers == []
+
+
+def test_500_then_200_is_retried(batch: Batch) -> None:
+    result = batch.by_url[batch.server.url("/flaky.png")]
+    assert (result.status, result.attempts, result.http_status) == (Status.OK, 2, 200)
+
+
+def test_429_with_retry_after_is_waited_out(batch: Batch) -> None:
+    result = batch.by_url[batch.server.url("/throttled.png")]
+    assert (result.status, result.attempts) == (Status.OK, 2)
+    hits = batch.server.hits("/throttled.png")
+    assert len(hits) == 2 and hits[1].at - hits[0].at >= 0.95  # Retry-After: 1
+
+
+def test_redirects_record_the_final_url(batch: Batch) -> None:
+    result = batch.by_url[batch.server.url("/chain/3")]
+    assert result.final_url == batch.server.url("/chain/0")
+
+
+def test_slow_servers_are_cut_at_the_total_deadline(batch: Batch) -> None:
+    for path in ("/drip.jpg", "/endless"):
+        result = batch.by_url[batch.server.url(path)]
+        # 3 attempts of at most 2 s each, plus back-off (<= 0.2 s each): never the 60 s a drip needs.
+        assert result.elapsed_ms < 3 * 2000 + 1500, (path, result.elapsed_ms)
+    assert batch.elapsed < 12
+
+
+def test_rejected_urls_never_reach_the_server(batch: Batch) -> None:
+    assert not [s for s in batch.server.seen if " " in s.path or "\r" in s.path or "X-Injected" in s.headers]
+
+
+def test_guard_refuses_private_addresses_before_connecting(
+    hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
+) -> None:
+    # Only the name "localhost" is allowed: the same server by address, and every other
+    # non-public address, must be refused without a single packet.
+    settings = fast_settings.replace(allow_hosts=("localhost",))
+    port = hostile_server.port
+    blocked = {
+        f"http://127.0.0.1:{port}/guarded-1.png": "127.0.0.1 is a loopback address",
+        "http://10.0.0.1/guarded-2.png": "10.0.0.1 is a private address",
+        f"http://[::1]:{port}/guarded-3.png": "::1 is a loopback address",
+        f"http://[::ffff:127.0.0.1]:{port}/guarded-4.png": "is a loopback address",
+        f"http://0.0.0.0:{port}/guarded-5.png": "0.0.0.0 is an unspecified address",
+        "http://169.254.169.254/latest/meta-data/": "169.254.169.254 is a link-local address",
+        hostile_server.url("/to-loopback-name", host="localhost"): "127.0.0.1 is a loopback address",
+    }
+    good = hostile_server.url("/ok.png", host="localhost")
+    started = time.monotonic()
+    results = fetch_batch([*blocked, good], settings, store=store)
+    assert time.monotonic() - started < 1.0  # refused up front: no connect timeout was waited out
+    for result in results[:-1]:
+        assert result.status is Status.BLOCKED, (result.url, result.error)
+        assert result.error and blocked[result.url] in result.error and "HARVEST_ALLOW_HOSTS" in result.error
+    assert results[-1].status is Status.OK and results[-1].width == 64
+    assert not [s for s in hostile_server.seen if s.path.startswith("/guarded")]
+
+
+def test_304_on_the_second_run_reuses_the_stored_blob(
+    hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
+) -> None:
+    url, other = hostile_server.url("/etag.jpg"), hostile_server.url("/ok.gif")
+    first = fetch_batch([url, other], fast_settings, store=store)
+    assert [r.status for r in first] == [Status.OK, Status.OK]
+    assert first[0].etag == '"v1"' and first[0].last_modified == "Mon, 02 Nov 2026 10:00:00 GMT"
+
+    second = fetch_batch([url, other], fast_settings, store=store, previous={url: first[0]})
+    again = second[0]
+    assert again.status is Status.NOT_MODIFIED and again.http_status == 304 and again.error is None
+    for name in ("sha256", "storage_uri", "width", "height", "content_type", "bytes", "etag"):
+        assert getattr(again, name) == getattr(first[0], name), name
+    assert second[1].status is Status.OK
+    conditional = hostile_server.hits("/etag.jpg")[-1].headers
+    assert conditional["If-None-Match"] == '"v1"'
+    assert conditional["If-Modified-Since"] == "Mon, 02 Nov 2026 10:00:00 GMT"
+
+
+def test_batch_deadline_skips_urls_not_started(
+    hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
+) -> None:
+    settings = fast_settings.replace(concurrency=1, batch_deadline=0.5, max_attempts=1)
+    urls = [hostile_server.url("/silent.png"), hostile_server.url("/ok.png"), hostile_server.url("/ok.jpg")]
+    results = fetch_batch(urls, settings, store=store)
+    assert results[0].status is Status.TIMEOUT
+    for result in results[1:]:
+        assert result.status is Status.SKIPPED
+        assert result.error and "HARVEST_BATCH_DEADLINE" in result.error and result.attempts == 0
+
+
+def test_progress_is_logged_in_summary_lines_not_per_url(
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("harvest.test.progress")
+    urls = [hostile_server.url(f"{p}?n={n}") for p in ("/ok.png", "/ok.jpg", "/status/404") for n in range(20)]
+    with caplog.at_level(logging.INFO, logger="harvest.test.progress"):
+        fetch_batch(urls, fast_settings, store=store, log=log)
+    lines = [r.getMessage() for r in caplog.records if r.name == "harvest.test.progress"]
+    assert len(lines) <= 3
+    assert "fetched 60/60 URLs" in lines[-1] and "http_error=20" in lines[-1]
+
+
+def test_options_accept_svg_and_any_content(
+    hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
+) -> None:
+    urls = [
+        hostile_server.url("/svg.svg"),
+        hostile_server.url("/html-as.jpg"),
+        hostile_server.url("/noai.png"),
+    ]
+    results = fetch_batch(
+        urls, fast_settings.replace(accept_any_content=True, respect_robots_tag=False), store=store
+    )
+    assert [(r.status, r.content_type) for r in results] == [
+        (Status.OK, "image/svg+xml"),
+        (Status.OK, "text/html"),
+        (Status.OK, "image/png"),
+    ]
+    assert results[1].storage_uri and results[1].storage_uri.endswith(".html")
+
+
+def test_fetch_bytes(hostile_server: HostileServer, fast_settings: FetchSettings, images: Images) -> None:
+    assert fetch_bytes(hostile_server.url("/chain/2"), fast_settings, max_bytes=1 << 20) == images.png
+    with pytest.raises(HttpError, match="404"):
+        fetch_bytes(hostile_server.url("/status/404"), fast_settings, max_bytes=1 << 20)
+    with pytest.raises(TooLarge, match="HARVEST_MAX_BYTES"):
+        fetch_bytes(hostile_server.url("/ok.png"), fast_settings, max_bytes=100)
+    with pytest.raises(Blocked, match="private address"):
+        fetch_bytes("http://10.0.0.1/list.txt", fast_settings, max_bytes=1 << 20)

@@ -1,0 +1,217 @@
+"""Per-host slots and pauses, in-process and across processes through Redis (DB 13, own prefix)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from include.harvest.fetch import fetch_batch
+from include.harvest.hostlimits import HostLimits, LocalHostLimits, RedisHostLimits, slot
+from include.harvest.models import Status
+from include.harvest.settings import FetchSettings
+from include.harvest.storage import ContentAddressedStore
+
+if TYPE_CHECKING:
+    from tests.include.conftest import HostileServer
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def redis_client() -> Any:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    return client
+
+
+@pytest.fixture
+def prefix(redis_client: Any) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards (nothing else is touched)."""
+    name = f"harvest-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    for key in redis_client.scan_iter(f"{name}:*"):
+        redis_client.delete(key)
+
+
+def shared(
+    redis_client: Any, prefix: str, *, per_host: int = 2, lease_seconds: float = 10
+) -> RedisHostLimits:
+    return RedisHostLimits(redis_client, per_host=per_host, lease_seconds=lease_seconds, prefix=prefix)
+
+
+def peak_concurrency(limits: HostLimits, host: str, workers: int) -> int:
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal in_flight, peak
+        with slot(limits, host):
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+            time.sleep(0.05)
+            with lock:
+                in_flight -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return peak
+
+
+def test_local_slots_cap_requests_per_host() -> None:
+    assert peak_concurrency(LocalHostLimits(per_host=2), "example.com", workers=8) == 2
+
+
+def test_local_pause_holds_one_host_only() -> None:
+    limits = LocalHostLimits(per_host=4)
+    limits.pause("slow.example", 0.3)
+    started = time.monotonic()
+    with slot(limits, "other.example"):
+        assert time.monotonic() - started < 0.05
+    with slot(limits, "slow.example"):
+        assert time.monotonic() - started >= 0.29
+
+
+def test_local_acquire_gives_up_at_the_deadline() -> None:
+    limits = LocalHostLimits(per_host=1)
+    held = limits.acquire("example.com")
+    assert held is not None
+    assert limits.acquire("example.com", deadline=time.monotonic() + 0.1) is None
+    limits.release(held)
+    assert limits.acquire("example.com", deadline=time.monotonic() + 0.1) is not None
+
+
+def test_redis_slots_hold_across_instances(redis_client: Any, prefix: str) -> None:
+    worker_a, worker_b = shared(redis_client, prefix), shared(redis_client, prefix)
+    leases = [worker_a.acquire("example.com"), worker_a.acquire("example.com")]
+    assert None not in leases
+    assert worker_b.acquire("example.com", deadline=time.monotonic() + 0.2) is None
+    worker_a.release(leases[0])  # type: ignore[arg-type]
+    assert worker_b.acquire("example.com", deadline=time.monotonic() + 0.5) is not None
+    assert peak_concurrency(shared(redis_client, prefix, per_host=3), "other.example", workers=9) == 3
+
+
+def test_a_killed_workers_slot_expires(redis_client: Any, prefix: str) -> None:
+    crashed = shared(redis_client, prefix, per_host=1, lease_seconds=1)
+    assert crashed.acquire("example.com") is not None  # never released: the worker "died"
+    started = time.monotonic()
+    survivor = shared(redis_client, prefix, per_host=1, lease_seconds=1)
+    assert survivor.acquire("example.com", deadline=started + 3) is not None
+    assert 0.5 < time.monotonic() - started < 2.0
+
+
+def test_redis_pause_is_seen_by_every_instance(redis_client: Any, prefix: str) -> None:
+    worker_a, worker_b = shared(redis_client, prefix), shared(redis_client, prefix)
+    worker_a.pause("example.com", 0.5)
+    assert redis_client.pttl(f"{prefix}:pause:example.com") > 0
+    assert 0.3 < worker_b.paused_for("example.com") <= 0.5
+    worker_a.pause("example.com", 0.1)  # a shorter pause never cuts a longer one
+    assert worker_b.paused_for("example.com") > 0.3
+    started = time.monotonic()
+    with slot(worker_b, "example.com"):
+        assert time.monotonic() - started >= 0.3
+    assert worker_b.paused_for("other.example") == 0
+
+
+SECOND_WORKER = textwrap.dedent(
+    """
+    import sys
+    import redis
+    from include.harvest.fetch import fetch_batch
+    from include.harvest.hostlimits import RedisHostLimits
+    from include.harvest.settings import FetchSettings
+    from include.harvest.storage import ContentAddressedStore
+
+    url, prefix, storage, redis_url = sys.argv[1:5]
+    settings = FetchSettings(allow_hosts=("127.0.0.1",), redis_url=redis_url, total_timeout=5)
+    limits = RedisHostLimits(redis.Redis.from_url(redis_url), per_host=4, lease_seconds=10, prefix=prefix)
+    [result] = fetch_batch([url], settings, store=ContentAddressedStore(storage), limits=limits)
+    print(result.status, result.attempts)
+    """
+)
+
+
+def test_a_429_pauses_the_host_for_a_second_worker_process(
+    redis_client: Any, prefix: str, hostile_server: HostileServer, tmp_path: Path
+) -> None:
+    settings = FetchSettings(
+        allow_hosts=("127.0.0.1",), redis_url=REDIS_URL, total_timeout=5, backoff_base=0.05, retry_after_cap=5
+    )
+    store = ContentAddressedStore(f"file://{tmp_path}")
+    first: list[Any] = []
+    worker_one = threading.Thread(
+        target=lambda: first.extend(
+            fetch_batch(
+                [hostile_server.url("/throttled-shared.png"), hostile_server.url("/ok.jpg")],
+                settings,
+                store=store,
+                limits=shared(redis_client, prefix, per_host=4),
+            )
+        )
+    )
+    worker_one.start()
+    while not hostile_server.hits("/throttled-shared.png"):
+        time.sleep(0.01)
+    throttled_at = hostile_server.hits("/throttled-shared.png")[0].at
+    time.sleep(0.2)  # the 429 (Retry-After: 2) has reached worker one and paused the host in Redis
+    launched_at = time.monotonic()
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SECOND_WORKER,
+            hostile_server.url("/second-worker.png"),
+            prefix,
+            str(tmp_path),
+            REDIS_URL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    worker_one.join(timeout=30)
+
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["ok", "1"]
+    assert launched_at < throttled_at + 1.5  # the second worker really was started inside the pause
+    second_hit = hostile_server.hits("/second-worker.png")[0].at
+    assert second_hit >= throttled_at + 1.9  # ...and sent nothing until the pause was over
+    assert [(r.status, r.attempts) for r in first] == [(Status.OK, 2), (Status.OK, 1)]
+    retry = hostile_server.hits("/throttled-shared.png")[1].at
+    assert retry - throttled_at >= 1.9
+
+
+def test_limits_fall_back_to_this_process_when_redis_is_down(refused_url: str) -> None:
+    redis = pytest.importorskip("redis")
+    port = int(refused_url.split(":")[2].split("/")[0])
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    unreachable = redis.Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    limits = RedisHostLimits(unreachable, per_host=2, lease_seconds=5, prefix="harvest-test-down")
+    assert limits.paused_for("example.com") == 0  # finds Redis down, and stops asking for a while
+    assert peak_concurrency(limits, "example.com", workers=6) == 2
+    limits.pause("example.com", 0.5)
+    assert limits.paused_for("example.com") > 0.3
