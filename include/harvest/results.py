@@ -25,7 +25,8 @@ from typing import Any
 
 from include.harvest.models import Result, Status
 
-__all__ = ["COPY_CHUNK_ROWS", "RunInfo", "RunSummary", "load_previous", "record_run"]
+__all__ = [
+    "IncompleteRun","COPY_CHUNK_ROWS", "RunInfo", "RunSummary", "load_previous", "record_run"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,10 @@ class RunSummary:
         return "\n".join(lines)
 
 
+class IncompleteRun(RuntimeError):
+    """The results of a run do not cover every URL of its source."""
+
+
 def record_run(
     conn: Any,
     run: RunInfo,
@@ -124,8 +129,12 @@ def record_run(
     batches: int,
     outcome: str = "recorded",
     reason: str | None = None,
+    expected_urls: int | None = None,
 ) -> RunSummary:
     """Write a run's results and summary in one transaction, replacing any earlier recording of it.
+
+    With ``expected_urls``, a run whose results cover a different number of URLs (a batch's results
+    missing) raises :class:`IncompleteRun` and writes nothing: a run is recorded whole or not at all.
 
     ``results`` is consumed once, :data:`COPY_CHUNK_ROWS` at a time, into a temporary table; then
     ``harvest.downloads`` gets the latest outcome per URL (a URL seen twice, e.g. from a retried
@@ -142,6 +151,11 @@ def record_run(
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"harvest.run:{run.run_key}",))
         loaded = _copy_results(cur, results)
         summary = _write(cur, run, batches=batches, outcome=outcome, reason=reason)
+        if expected_urls is not None and summary.urls_total != expected_urls:
+            raise IncompleteRun(
+                f"recorded {summary.urls_total} results but the source had {expected_urls} URLs: "
+                "a batch's results are missing; nothing was written. Clear the failed batches and this task."
+            )
     log.info(
         "recorded run %s: %d results received, %d urls kept, %d stale rows removed, %d new objects",
         run.run_key,

@@ -150,3 +150,52 @@ def test_day_without_a_list_is_recorded_not_crashed(harvest_stack: RunningStack)
     assert "2026-02-10" in summary["reason"]
     states = {ti["task_id"]: ti["state"] for ti in api.task_instances("harvest", run_id)}
     assert states["record_results"] == "skipped"
+
+
+def asset_events(stack: RunningStack, run_id: str) -> list[dict]:
+    events = stack.api.get("/assets/events", source_dag_id="harvest", source_run_id=run_id)["asset_events"]
+    return [e for e in events if e["uri"] == "harvest://results/downloads"]
+
+
+def test_table_source_reads_url_sources_for_the_date(harvest_stack: RunningStack, image_site: ImageSite):
+    expected = image_site.add_images("table", 3, seed=300)
+    with harvest_stack.results_db() as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO harvest.url_sources (list_date, url, meta) VALUES ('2026-04-01', %s, '{\"team\": \"a\"}')",
+            [(url,) for url in expected],
+        )
+    api = harvest_stack.api
+    run_id = api.trigger("harvest", {"source": "table"}, logical_date="2026-04-01T00:00:00Z").json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id)
+
+    rows = downloads(harvest_stack, "2026-04-01T00:00:00+00:00")
+    assert rows == {url: ("ok", sha) for url, sha in expected.items()}
+    assert len(asset_events(harvest_stack, run_id)) == 1  # recorded: downstream DAGs are told
+
+
+def test_remote_list_with_bad_lines_records_every_line(harvest_stack: RunningStack, image_site: ImageSite):
+    expected = image_site.add_images("remote", 3, seed=400)
+    listing = ["# served over HTTP", *expected, "not a url", "ftp://example.com/x.jpg", f"{image_site.base_url}/gone.png"]
+    (image_site.root / "remote-list.txt").write_text("\n".join(listing) + "\n")
+    api = harvest_stack.api
+    run_id = api.trigger("harvest", {"source": f"{image_site.base_url}/remote-list.txt"}).json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id)
+
+    with harvest_stack.results_db() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT url, status, source_line, error FROM harvest.downloads WHERE run_key = %s", (run_id,)
+        )
+        rows = {url: (status, line, error) for url, status, line, error in cur.fetchall()}
+    assert {url: rows[url][0] for url in expected} == dict.fromkeys(expected, "ok")
+    rejected = {line: error for status, line, error in rows.values() if status == "rejected"}
+    assert set(rejected) == {5, 6}  # each bad line answered, by its line number
+    assert "ftp" in rejected[6]
+    assert rows[f"{image_site.base_url}/gone.png"][0] == "http_error"
+    assert len(rows) == 6
+
+
+def test_no_asset_event_for_a_day_without_data(harvest_stack: RunningStack):
+    api = harvest_stack.api
+    run_id = api.trigger("harvest", {}, logical_date="2026-02-11T00:00:00Z").json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id)
+    assert asset_events(harvest_stack, run_id) == []
