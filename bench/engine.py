@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,12 @@ def jpegs(count: int) -> list[ImageSpec]:
         wanted = int(wanted * 1.2)
 
 
+def remove_files(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            os.unlink(os.path.join(folder, name))
+
+
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -92,9 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis-url", default=None, help="coordinate per-host slots through this Redis (default: in-process)"
     )
+    parser.add_argument(
+        "--out-dir",
+        default=str(WORK),
+        help="where both sides write what they download (default bench/tmp; try a tmpfs such as /dev/shm)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("fresh", "established"),
+        default="fresh",
+        help="engine store starts empty (every blob creates its ab/cd/ directory) or with its "
+        "directories already there, as in a store in daily use (default fresh)",
+    )
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "engine.json"))
     parser.add_argument("--no-save", action="store_true", help="print only, do not write --output")
     args = parser.parse_args(argv)
+    # On SIGTERM, unwind normally so nginx is stopped and the output folders removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     specs = jpegs(args.urls)
     images_dir = build_imageset(0).root
@@ -119,22 +140,38 @@ def main(argv: list[str] | None = None) -> int:
     statuses: Counter[str] = Counter()
     with Nginx(images_dir, worker_processes=args.nginx_workers) as server:
         urls = [f"{server.base_url}/{name}" for name in names]
-        run_baseline(urls[:500], fresh(WORK / "warmup"), args.concurrency)
+        out = Path(args.out_dir)
+        run_baseline(urls[:500], fresh(out / "warmup"), args.concurrency)
+        if args.store == "established":
+            # A store in daily use already has its shard directories: create them (untimed).
+            run_engine(urls, fresh(out / "out-engine"), settings)
         for round_number in range(1, args.rounds + 1):
-            seconds, ok = run_baseline(urls, fresh(WORK / "out-baseline"), args.concurrency)
-            baseline_rates.append(ok / seconds)
-            print(
-                f"round {round_number}: baseline {ok / seconds:7.0f} URLs/s ({ok} ok in {seconds:.1f}s)",
-                flush=True,
-            )
-            seconds, statuses = run_engine(urls, fresh(WORK / "out-engine"), settings)
-            engine_rates.append(len(urls) / seconds)
-            print(
-                f"round {round_number}: engine   {len(urls) / seconds:7.0f} URLs/s ({dict(statuses)} in {seconds:.1f}s)",
-                flush=True,
-            )
+            # Alternate who goes first, and start each run with the previous run's writes flushed,
+            # so neither side pays for the other's disk writeback.
+            order = ("baseline", "engine") if round_number % 2 else ("engine", "baseline")
+            for side in order:
+                if side == "engine" and args.store == "established":
+                    remove_files(out / "out-engine")  # keep the ab/cd/ directories
+                else:
+                    fresh(out / f"out-{side}")
+                os.sync()
+                if side == "baseline":
+                    seconds, ok = run_baseline(urls, out / "out-baseline", args.concurrency)
+                    baseline_rates.append(ok / seconds)
+                    print(
+                        f"round {round_number}: baseline {ok / seconds:7.0f} URLs/s ({ok} ok in {seconds:.1f}s)",
+                        flush=True,
+                    )
+                else:
+                    seconds, statuses = run_engine(urls, out / "out-engine", settings)
+                    engine_rates.append(len(urls) / seconds)
+                    print(
+                        f"round {round_number}: engine   {len(urls) / seconds:7.0f} URLs/s "
+                        f"({dict(statuses)} in {seconds:.1f}s)",
+                        flush=True,
+                    )
     for leftover in ("warmup", "out-baseline", "out-engine"):
-        shutil.rmtree(WORK / leftover, ignore_errors=True)
+        shutil.rmtree(out / leftover, ignore_errors=True)
 
     summary = {
         "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -150,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": size,
         "concurrency": args.concurrency,
         "redis_url": args.redis_url,
+        "out_dir": args.out_dir,
+        "store": args.store,
         "baseline_urls_per_s": [round(r, 1) for r in baseline_rates],
         "engine_urls_per_s": [round(r, 1) for r in engine_rates],
         "baseline_median": round(statistics.median(baseline_rates), 1),
@@ -163,10 +202,23 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {summary['ratio_median']} (median of {args.rounds}), {summary['ratio_best']} (best)"
     )
     if not args.no_save:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
+        save(Path(args.output), summary)
         print(f"saved {args.output}")
     return 0 if statuses.get("ok") == len(names) else 1
+
+
+def save(path: Path, summary: dict[str, object]) -> None:
+    """Keep one run per (urls, concurrency, output directory, redis) in ``path``: the latest."""
+    runs: list[dict[str, object]] = []
+    if path.exists():
+        try:
+            runs = list(json.loads(path.read_text()).get("runs", []))
+        except (ValueError, AttributeError):
+            runs = []
+    key = ("urls", "concurrency", "out_dir", "store", "redis_url")
+    runs = [run for run in runs if any(run.get(k) != summary.get(k) for k in key)] + [summary]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
 
 
 def _nginx_version() -> str:

@@ -10,6 +10,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,19 +23,30 @@ DEFAULT_PROCESSES = 2
 DEFAULT_THREADS = 16  # per process; see `python -m bench.raw --threads` to check on another machine
 
 
-def _worker(args: tuple[list[tuple[int, str]], str, int]) -> tuple[int, int, int]:
+def _reset_signals() -> None:
+    # The parent may turn SIGTERM into an exception for its own cleanup; a pool worker must just exit.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker(args: tuple[list[tuple[int, str]], str, int]) -> tuple[int, int, int, dict[str, int]]:
     import urllib3
 
     jobs, out_dir, threads = args
     pool = urllib3.PoolManager(maxsize=threads, block=True, retries=False)
 
+    errors: dict[str, int] = {}
+
     def one(job: tuple[int, str]) -> tuple[int, int]:
         index, url = job
         try:
             response = pool.request("GET", url, timeout=urllib3.Timeout(connect=5, read=10))
-        except urllib3.exceptions.HTTPError:
+        except urllib3.exceptions.HTTPError as exc:
+            reason = type(getattr(exc, "reason", None) or exc).__name__
+            errors[reason] = errors.get(reason, 0) + 1
             return 0, 0
         if response.status != 200:
+            errors[f"http {response.status}"] = errors.get(f"http {response.status}", 0) + 1
             return 0, 0
         with open(os.path.join(out_dir, f"{index}.bin"), "wb") as f:
             f.write(response.data)
@@ -46,7 +58,7 @@ def _worker(args: tuple[list[tuple[int, str]], str, int]) -> tuple[int, int, int
             ok += good
             size += n
     pool.clear()
-    return len(jobs), ok, size
+    return len(jobs), ok, size, errors
 
 
 def run_raw(
@@ -65,14 +77,25 @@ def run_raw(
     context = multiprocessing.get_context("fork")
     try:
         started = time.perf_counter()
-        with context.Pool(processes) as pool:
+        pool = context.Pool(processes, initializer=_reset_signals)
+        try:
             parts = pool.map(_worker, shares)
-        seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     finally:
         if own_dir:
             shutil.rmtree(target, ignore_errors=True)
     ok = sum(p[1] for p in parts)
     size = sum(p[2] for p in parts)
+    errors: dict[str, int] = {}
+    for part in parts:
+        for reason, count in part[3].items():
+            errors[reason] = errors.get(reason, 0) + count
     return {
         "name": "raw",
         "urls": len(urls),
@@ -82,6 +105,8 @@ def run_raw(
         "urls_per_s": round(len(urls) / seconds, 1),
         "processes": processes,
         "threads_per_process": threads,
+        "errors": errors,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -89,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.imageset import build_imageset
     from bench.nginx import Nginx
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--urls", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES)
     parser.add_argument("--threads", type=int, nargs="+", default=[DEFAULT_THREADS])

@@ -84,9 +84,13 @@ class AirflowAPI:
         raise TimeoutError(f"run {run_id} still {state} after {timeout:.0f}s")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
-        )
+        """All of the run's task instances (the API returns at most 100 per page)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100, offset=len(found))
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
 
     def describe_failures(self, dag_id: str, run_id: str) -> str:
         failed = [

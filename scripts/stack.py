@@ -242,6 +242,10 @@ class Stack:
             scheduler_health_check_server_port = {self.scheduler_health_port}
             # A small stack: react within a second rather than the production default.
             scheduler_heartbeat_sec = 1
+            # Sleep after a scheduler loop with nothing to do (default 1 s). Every task boundary of a
+            # run waits for one: 0.1 s cut the idle time between a run's tasks from 2.5-4.3 s to
+            # 0.5-0.9 s (bench/e2e.py) for ~2 scheduler CPU-seconds per 20,000-URL run.
+            scheduler_idle_sleep_time = 0.1
 
             [dag_processor]
             refresh_interval = 10
