@@ -39,7 +39,6 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 HARVEST_RESULTS = Asset(name="harvest_downloads", uri="harvest://results/downloads")
@@ -201,7 +200,9 @@ def harvest() -> None:
 
         from include.harvest import hooks, pipeline
 
-        summary = pipeline.record(_run_context(), manifest, batches or [], connect=hooks.results_db_connection)
+        summary = pipeline.record(
+            _run_context(), manifest, batches or [], connect=hooks.results_db_connection
+        )
         print(summary.format())
         if manifest["outcome"] == "no_source":
             # Recorded in harvest.runs; skipping emits no Asset event for a day without data.

@@ -53,7 +53,11 @@ class AirflowAPI:
         raise TimeoutError(f"DAG {dag_id!r} was not parsed within {timeout:.0f}s; import errors: {errors}")
 
     def trigger(
-        self, dag_id: str, conf: dict[str, Any] | None = None, *, logical_date: str | None = None,
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        logical_date: str | None = None,
         run_id: str | None = None,
     ) -> requests.Response:
         """POST a new run; the raw response, so callers can check a refusal (400) too."""

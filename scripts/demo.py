@@ -51,8 +51,10 @@ def print_summary(stack: Stack, run_id: str) -> None:
             (run_id,),
         )
         by_status = cur.fetchall()
-    print(f"\nHarvest demo run {run_id}: {total} URLs, {size / 1024:.0f} KiB stored, "
-          f"{duration or 0:.1f}s ({rate or 0:.1f} URLs/s, p50 {p50} ms, p95 {p95} ms)")
+    print(
+        f"\nHarvest demo run {run_id}: {total} URLs, {size / 1024:.0f} KiB stored, "
+        f"{duration or 0:.1f}s ({rate or 0:.1f} URLs/s, p50 {p50} ms, p95 {p95} ms)"
+    )
     print(f"  {'status':<18} {'urls':>5}  example error")
     for status, count, error in by_status:
         print(f"  {status:<18} {count:>5}  {(error or '')[:90]}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -273,7 +274,9 @@ class Stack:
             [str(VENV_BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout
         )
         if check and proc.returncode != 0:
-            raise StackError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise StackError(
+                f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
         return proc.stdout
 
     def migrate(self) -> None:
@@ -390,23 +393,34 @@ class Stack:
                 }
                 programs = self.program_states()
                 last = f"health: {states}, programs: {programs}"
-                failing = [name for name, state in programs.items() if state in ("FATAL", "BACKOFF", "EXITED")]
+                failing = [
+                    name for name, state in programs.items() if state in ("FATAL", "BACKOFF", "EXITED")
+                ]
                 if failing:
                     logs = ", ".join(str(self.home / "logs" / f"{name}.log") for name in failing)
                     raise StackError(f"{', '.join(failing)} cannot start; see {logs}")
                 healthy = all(state == "healthy" for state in states.values())
-                if healthy and programs and all(s == "RUNNING" for s in programs.values()) and self.worker_ready():
+                if (
+                    healthy
+                    and programs
+                    and all(s == "RUNNING" for s in programs.values())
+                    and self.worker_ready()
+                ):
                     return
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last = f"api-server not answering yet ({exc})"
             time.sleep(2)
-        raise StackError(f"the stack did not become healthy in {timeout:.0f}s: {last}; see {self.home / 'logs'}")
+        raise StackError(
+            f"the stack did not become healthy in {timeout:.0f}s: {last}; see {self.home / 'logs'}"
+        )
 
     def program_states(self) -> dict[str, str]:
         """State of every supervised program (RUNNING, STARTING, BACKOFF, FATAL, ...)."""
         proc = subprocess.run(
             [str(VENV_BIN / "supervisorctl"), "-c", str(self.home / "supervisord.conf"), "status"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         states = {}
         for line in proc.stdout.splitlines():
@@ -434,17 +448,17 @@ class Stack:
         os.kill(pid, signal.SIGTERM)
         _, alive = psutil.wait_procs(tree, timeout=timeout)
         for proc in alive:  # anything that ignored supervisord's stop: by its pid, not by name
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=10)
         self.pidfile.unlink(missing_ok=True)
         return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["setup", "start", "stop", "status", "env"])
     args = parser.parse_args(argv)
     stack = Stack(demo_port=DEMO_PORT)

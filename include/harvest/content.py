@@ -31,10 +31,6 @@ class Sniffed:
     extension: str
     pillow_format: str | None = None  # None: not a raster image Pillow should verify
 
-    @property
-    def is_image(self) -> bool:
-        return self.pillow_format is not None or self.mime == "image/svg+xml" or self.mime == "image/heic"
-
 
 @dataclass(frozen=True, slots=True)
 class ContentInfo:
@@ -242,4 +238,27 @@ def _looks_complete(stream: IO[bytes], size: int, kind: Sniffed) -> bool:
         return b"IEND\xaeB`\x82" in tail
     if kind is GIF:
         return tail.rstrip(b"\x00\r\n ").endswith(b";")
-    return False  # TIFF, ICO, AVIF: no cheap marker; decoding decides
+    if kind is AVIF:
+        return _boxes_fill(stream, size)
+    return False  # TIFF, ICO: no cheap marker; decoding decides
+
+
+def _boxes_fill(stream: IO[bytes], size: int) -> bool:
+    """True when the top-level ISO-BMFF boxes (AVIF, HEIC) add up to exactly ``size`` bytes."""
+    offset = 0
+    for _ in range(1000):  # a real file has a handful of top-level boxes
+        if offset == size:
+            return True
+        stream.seek(offset)
+        header = stream.read(16)
+        if len(header) < 8:
+            return False
+        box_size = struct.unpack_from(">I", header)[0]
+        if box_size == 1 and len(header) == 16:
+            box_size = struct.unpack_from(">Q", header, 8)[0]
+        elif box_size == 0:
+            return True  # "extends to the end of the file"
+        if box_size < 8:
+            return False
+        offset += box_size
+    return False

@@ -14,25 +14,31 @@ so the task fails and is retried as a whole (storage writes are idempotent).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import email.utils
 import hashlib
+import heapq
 import io
 import logging
 import queue
 import random
 import re
+import socket
 import tempfile
 import threading
 import time
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO
 
 import urllib3
+import urllib3.connection
+import urllib3.response
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -59,7 +65,7 @@ from include.harvest.errors import (
     describe_bytes,
 )
 from include.harvest.guard import AddressGuard, Target, parse_target
-from include.harvest.hostlimits import HostLimits, host_limits_for, slot
+from include.harvest.hostlimits import HostLimits, host_limits_for
 from include.harvest.models import Result, Status
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
@@ -74,7 +80,8 @@ _DIRECTIVES_WITH_VALUE = frozenset(
     {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 )
 _CRAWLER_NAME = re.compile(r"[a-z0-9_*-]+")
-READ_CHUNK = 256 * 1024
+# Below malloc's mmap threshold (128 KiB): a bigger read buffer costs an mmap/munmap per read.
+READ_CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 4 * 1024 * 1024  # bodies up to this size never touch the local disk
 REDIRECT_DRAIN_LIMIT = 64 * 1024  # a small redirect body is read so the connection can be reused
 IMAGE_ACCEPT = "image/avif,image/webp,image/png,image/jpeg,image/gif,image/*;q=0.8,*/*;q=0.5"
@@ -109,7 +116,13 @@ def fetch_batch(
             _run_all(fetcher, unique, store, previous or {}, deadline, results, log, started)
     finally:
         fetcher.close()
-    return [_copy_for(results[url], url) for url in urls]
+    ordered: list[Result] = []
+    seen: set[str] = set()
+    for url in urls:
+        # A duplicate gets its own copy: callers may annotate results (line numbers, meta).
+        ordered.append(dataclasses.replace(results[url]) if url in seen else results[url])
+        seen.add(url)
+    return ordered
 
 
 def fetch_bytes(url: str, settings: FetchSettings, *, max_bytes: int) -> bytes:
@@ -142,66 +155,59 @@ def _run_all(
     log: logging.Logger,
     started: float,
 ) -> None:
-    """``concurrency`` threads pull URLs from one queue; this thread collects and reports.
+    """``concurrency`` threads pull URLs from one queue and file their results; this thread only
+    wakes up to report progress.
 
     One long-lived task per thread rather than one future per URL: waiting on tens of thousands of
-    futures costs the collecting thread (and the GIL) more than the downloads themselves.
+    futures (or waking up for each result) costs more GIL time than the downloads themselves.
     """
     workers = max(1, min(fetcher.settings.concurrency, len(urls)))
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
     for url in _interleave_hosts(urls):
         todo.put(url)
-    done: queue.SimpleQueue[tuple[str, Result | BaseException]] = queue.SimpleQueue()
     stop = threading.Event()
+    all_done = threading.Event()
+    errors: list[BaseException] = []
+    running = [workers]
+    running_lock = threading.Lock()
 
     def work() -> None:
-        while not stop.is_set():
-            try:
-                url = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put((url, fetcher.fetch_one(url, store, previous.get(url), deadline)))
-            except BaseException as exc:  # storage failure: handed to the collector, which raises it
-                done.put((url, exc))
-                return
+        try:
+            while not stop.is_set():
+                try:
+                    url = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[url] = fetcher.fetch_one(url, store, previous.get(url), deadline)
+        except BaseException as exc:  # storage failure: the batch stops and the error is raised
+            errors.append(exc)
+            stop.set()
+        finally:
+            with running_lock:
+                running[0] -= 1
+                if not running[0]:
+                    all_done.set()
 
-    failures: dict[str, int] = defaultdict(int)
     interval = fetcher.settings.progress_interval
-    next_report = started + interval
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvest-fetch") as executor:
         for _ in range(workers):
             executor.submit(work)
-        try:
-            while len(results) < len(urls):
-                try:
-                    url, outcome = done.get(timeout=max(0.01, next_report - time.monotonic()))
-                except queue.Empty:
-                    outcome = None
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                if outcome is not None:
-                    results[url] = outcome
-                    if not outcome.ok:
-                        failures[str(outcome.status)] += 1
-                if time.monotonic() >= next_report:
-                    _log_progress(log, len(results), len(urls), failures, started)
-                    next_report = time.monotonic() + interval
-        finally:
-            stop.set()  # on a storage failure: threads finish their current URL and stop
-    _log_progress(log, len(results), len(urls), failures, started, final=True)
+        while not all_done.wait(timeout=interval):
+            _log_progress(log, results, len(urls), started)
+    if errors:
+        raise errors[0]
+    _log_progress(log, results, len(urls), started, final=True)
 
 
 def _log_progress(
-    log: logging.Logger,
-    done: int,
-    total: int,
-    failures: Mapping[str, int],
-    started: float,
-    *,
-    final: bool = False,
+    log: logging.Logger, results: dict[str, Result], total: int, started: float, *, final: bool = False
 ) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
+    done = len(results)
+    failures: dict[str, int] = defaultdict(int)
+    for result in results.copy().values():  # dict.copy is atomic: workers keep adding meanwhile
+        if not result.ok:
+            failures[str(result.status)] += 1
     failed = sum(failures.values())
     detail = ", ".join(f"{status}={count}" for status, count in sorted(failures.items())) or "none"
     log.info(
@@ -220,11 +226,8 @@ def _interleave_hosts(urls: list[str]) -> list[str]:
     """Round-robin over hosts so one slow or paused host does not hold every thread at once."""
     by_host: dict[str, list[str]] = defaultdict(list)
     for url in urls:
-        try:
-            host = urllib.parse.urlsplit(url).hostname or ""
-        except ValueError:
-            host = ""
-        by_host[host].append(url)
+        # A rough host (authority) is enough to group by, and far cheaper than parsing every URL.
+        by_host[url.partition("://")[2].partition("/")[0].lower()].append(url)
     if len(by_host) == 1:
         return urls
     queues = list(by_host.values())
@@ -232,12 +235,6 @@ def _interleave_hosts(urls: list[str]) -> list[str]:
     for i in range(max(len(q) for q in queues)):
         ordered.extend(q[i] for q in queues if i < len(q))
     return ordered
-
-
-def _copy_for(result: Result, url: str) -> Result:
-    if result.url == url:
-        return result
-    return Result.from_record({**result.to_record(), "url": url})
 
 
 def _now_iso() -> str:
@@ -289,6 +286,80 @@ class _Trace:
     attempts: int = 0
 
 
+class _DeadlineReaper:
+    """Shuts down sockets whose request outlived its total deadline while waiting for headers.
+
+    Socket timeouts bound each read, not a whole exchange: a server dripping its status line and
+    headers a byte at a time would never trip them. One daemon thread checks the watched sockets
+    twice a second; a request costs a heap push and a flag.
+    """
+
+    PRECISION = 0.5  # seconds: deadlines are tens of seconds, no need to wake for each one
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, list[object]]] = []
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, sock: object) -> list[object]:
+        entry: list[object] = [sock]  # emptied by cancel(): nothing to shut down any more
+        with self._lock:
+            self._counter += 1
+            heapq.heappush(self._heap, (deadline, self._counter, entry))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="harvest-deadlines", daemon=True)
+                self._thread.start()
+        return entry
+
+    @staticmethod
+    def cancel(entry: list[object]) -> None:
+        entry.clear()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.PRECISION)
+            now = time.monotonic()
+            expired: list[object] = []
+            with self._lock:
+                while self._heap and self._heap[0][0] <= now:
+                    expired.extend(heapq.heappop(self._heap)[2])
+            for sock in expired:
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+
+
+_reaper = _DeadlineReaper()
+_request_deadline = threading.local()  # the total deadline of the request this thread is sending
+
+
+def _response_within_deadline(
+    sock: object, get_response: Callable[[], urllib3.response.HTTPResponse]
+) -> urllib3.response.HTTPResponse:
+    deadline = getattr(_request_deadline, "value", None)
+    if deadline is None or sock is None:
+        return get_response()
+    entry = _reaper.watch(deadline, sock)
+    try:
+        return get_response()
+    finally:
+        _reaper.cancel(entry)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """An urllib3 connection whose wait for the response headers ends at the total deadline."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        return _response_within_deadline(self.sock, super().getresponse)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """The HTTPS twin of :class:`_WatchedHTTPConnection`."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        return _response_within_deadline(self.sock, super().getresponse)
+
+
 class _Fetcher:
     """Shared state of one batch: settings, guard, limits and the connection pools."""
 
@@ -308,11 +379,16 @@ class _Fetcher:
             # Compressed bodies would make the size cap count the wrong bytes and invite zip bombs.
             "Accept-Encoding": "identity",
         }
+        # The common case (a fresh attempt) uses the same Timeout: build it once.
+        self._full_timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
+        self._full_timeout_needs = max(settings.connect_timeout, settings.read_timeout)
+        self._pools_by_target: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._random = random.Random()
         self._random_lock = threading.Lock()
 
     def close(self) -> None:
         self.pools.clear()
+        self.limits.flush()
 
     # -- one URL, start to finish -------------------------------------------------------------
 
@@ -493,12 +569,18 @@ class _Fetcher:
         for _hop in range(settings.max_redirects + 1):
             trace.final_url = target.url
             address = self.guard.resolve(target)
-            with slot(self.limits, target.host, deadline=batch_deadline) as lease:
-                if lease is None:
-                    raise Timeout(
-                        f"no request slot for {target.host} before the batch deadline "
-                        f"(HARVEST_PER_HOST_CONCURRENCY={settings.per_host_concurrency})"
-                    )
+            # Waiting for a slot (or for a pause another worker set) is bounded too.
+            wait_limit = time.monotonic() + settings.retry_after_cap + settings.total_timeout
+            if batch_deadline is not None and batch_deadline < wait_limit:
+                wait_limit = batch_deadline
+            lease = self.limits.acquire(target.host, deadline=wait_limit)
+            if lease is None:
+                raise Timeout(
+                    f"no request slot for {target.host} in time: the host is paused (Retry-After) or busy "
+                    f"with HARVEST_PER_HOST_CONCURRENCY={settings.per_host_concurrency} requests"
+                    + (" until the batch deadline" if wait_limit == batch_deadline else "")
+                )
+            try:
                 # The clock starts once a slot is held: waiting politely is not the server's fault.
                 deadline = deadline or time.monotonic() + settings.total_timeout
                 response = self._send(target, address, extra_headers, deadline)
@@ -511,6 +593,8 @@ class _Fetcher:
                         return _Fetched(response.status, response.headers.get("Content-Type"), body)
                 finally:
                     _finish(response, read_to_end=read_to_end)
+            finally:
+                self.limits.release(lease)
             try:
                 next_target = parse_target(urllib.parse.urljoin(target.url, location))
             except Rejected as exc:
@@ -528,6 +612,24 @@ class _Fetcher:
             http_status=trace.http_status,
         )
 
+    def _pool(self, target: Target, address: str) -> urllib3.HTTPConnectionPool:
+        key = (target.scheme, address, target.port, target.host)
+        pool = self._pools_by_target.get(key)
+        if pool is None or pool.pool is None:  # not seen yet, or closed when the manager evicted it
+            pool_kwargs = {}
+            if target.scheme == "https":
+                # Connect to the checked address, but speak TLS (SNI, certificate) for the real name.
+                pool_kwargs = {"server_hostname": target.host, "assert_hostname": target.host}
+            pool = self.pools.connection_from_host(
+                address, target.port, target.scheme, pool_kwargs=pool_kwargs
+            )
+            # Our connection classes: the wait for response headers ends at the total deadline.
+            pool.ConnectionCls = (
+                _WatchedHTTPSConnection if target.scheme == "https" else _WatchedHTTPConnection
+            )
+            self._pools_by_target[key] = pool
+        return pool
+
     def _send(
         self, target: Target, address: str, extra_headers: Mapping[str, str], deadline: float
     ) -> urllib3.BaseHTTPResponse:
@@ -535,16 +637,16 @@ class _Fetcher:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"total deadline of {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT) passed")
-        pool_kwargs = {}
-        if target.scheme == "https":
-            # Connect to the checked address, but speak TLS (SNI, certificate) for the real name.
-            pool_kwargs = {"server_hostname": target.host, "assert_hostname": target.host}
-        pool = self.pools.connection_from_host(address, target.port, target.scheme, pool_kwargs=pool_kwargs)
+        pool = self._pool(target, address)
         headers = {**self.headers, **extra_headers, "Host": target.host_header}
-        timeout = urllib3.Timeout(
-            connect=min(settings.connect_timeout, remaining), read=min(settings.read_timeout, remaining)
-        )
+        if remaining >= self._full_timeout_needs:
+            timeout = self._full_timeout
+        else:
+            timeout = urllib3.Timeout(
+                connect=min(settings.connect_timeout, remaining), read=min(settings.read_timeout, remaining)
+            )
         where = f"{target.host}:{target.port}" if target.host == address else f"{target.host} ({address})"
+        _request_deadline.value = deadline
         try:
             return pool.urlopen(
                 "GET",
@@ -569,11 +671,20 @@ class _Fetcher:
                 "(HARVEST_READ_TIMEOUT)"
             ) from exc
         except SSLError as exc:
-            raise TlsFailed(f"TLS with {where} failed: {_reason(exc)}") from exc
+            raise TlsFailed(
+                f"TLS with {where} failed (handshake or certificate check): {_reason(exc)}"
+            ) from exc
         except LocationParseError as exc:
             raise Rejected(f"URL cannot be requested: {exc}") from exc
         except (ProtocolError, HTTPError, OSError) as exc:
+            if time.monotonic() >= deadline:  # the reaper cut a response that was too slow to start
+                raise Timeout(
+                    f"{where} had not sent its response headers after {settings.total_timeout:g}s "
+                    "(HARVEST_TOTAL_TIMEOUT)"
+                ) from exc
             raise ConnectionFailed(f"connection to {where} failed before a response: {_reason(exc)}") from exc
+        finally:
+            _request_deadline.value = None
 
     def _check_response(
         self, response: urllib3.BaseHTTPResponse, target: Target, trace: _Trace
@@ -627,6 +738,12 @@ class _Fetcher:
         settings = self.settings
         body = _Body()
         sock = getattr(getattr(response, "connection", None), "sock", None)
+        # Identity was asked for: skip urllib3's decoder layer unless the server compressed anyway
+        # (then the cap counts the decoded bytes).
+        decode = response.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+        declared = response.headers.get("Content-Length")
+        # With a declared length, stop once it has arrived rather than asking again for the end.
+        expected = int(declared) if declared and declared.isdigit() and not decode else -1
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -635,12 +752,12 @@ class _Fetcher:
                         f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT): "
                         f"{body.size} bytes received from {target.host}, which is sending too slowly or endlessly"
                     )
-                if sock is not None and remaining < settings.read_timeout:
-                    # Never wait past the total deadline, even inside one read. (Only near the
-                    # deadline: each settimeout() costs system calls.)
-                    sock.settimeout(remaining)
                 try:
-                    chunk = response.read1(READ_CHUNK)
+                    if sock is not None and remaining < settings.read_timeout:
+                        # Never wait past the total deadline, even inside one read. (Only near the
+                        # deadline: each settimeout() costs system calls.)
+                        sock.settimeout(remaining)
+                    chunk = response.read1(READ_CHUNK, decode_content=decode)
                 except ReadTimeoutError as exc:
                     if time.monotonic() >= deadline - 0.01:
                         raise Timeout(
@@ -664,6 +781,8 @@ class _Fetcher:
                         http_status=response.status,
                     )
                 body.write(chunk)
+                if body.size == expected:
+                    return body
         except BaseException:
             body.close()
             raise
@@ -685,11 +804,17 @@ def _finish(response: urllib3.BaseHTTPResponse, *, read_to_end: bool) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost useful message of a urllib3/socket error."""
+    """The human part of a urllib3/socket error message."""
     reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, ProtocolError) and reason.args and isinstance(reason.args[0], str):
+        return reason.args[0]  # ("Connection broken: ...", <the same error>): the text is enough
     text = str(reason)
-    # urllib3 prefixes messages with the connection object's repr: keep the human part.
-    return text.split(">: ", 1)[-1] if ">: " in text else text
+    # urllib3 prefixes messages with the connection's repr and a stock phrase; the cause follows.
+    text = _URLLIB3_PREFIX.sub("", text)
+    return text.replace("Failed to establish a new connection: ", "")
+
+
+_URLLIB3_PREFIX = re.compile(r"^(<[^>]*>|\w+\(host=[^)]*\)): ")
 
 
 def _parse_retry_after(value: str | None) -> float | None:

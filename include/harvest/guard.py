@@ -12,7 +12,9 @@ Two steps, both before any byte is sent:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -38,6 +40,7 @@ DNS_CACHE_SECONDS = 60.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f]")  # space, CR, LF, tab, other controls, DEL
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
 # Characters kept as they are when non-ASCII parts of a path or query are percent-encoded.
 _URL_SAFE = "/:@!$&'()*+,;=?%[]~-._"
@@ -57,16 +60,16 @@ class Target:
 
 def parse_target(url: str) -> Target:
     """Check ``url`` as written and split it; raise :class:`Rejected` with the reason."""
-    for position, char in enumerate(url):
-        code = ord(char)
-        if code <= 0x20 or code == 0x7F:
-            what = {0x20: "a space", 0x0A: "a line feed (LF)", 0x0D: "a carriage return (CR)"}.get(
-                code, f"the control character {code:#04x}"
-            )
-            raise Rejected(
-                f"URL contains {what} at position {position}: percent-encode it (space is %20) "
-                "or fix the source list"
-            )
+    bad = _FORBIDDEN_CHARS.search(url)
+    if bad is not None:
+        code = ord(bad.group())
+        what = {0x20: "a space", 0x0A: "a line feed (LF)", 0x0D: "a carriage return (CR)"}.get(
+            code, f"the control character {code:#04x}"
+        )
+        raise Rejected(
+            f"URL contains {what} at position {bad.start()}: percent-encode it (space is %20) "
+            "or fix the source list"
+        )
     if not url:
         raise Rejected("URL is empty")
     try:
@@ -107,6 +110,7 @@ def parse_target(url: str) -> Target:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a batch repeats its hosts; IDNA and IP parsing are not free
 def _normalise_host(raw_host: str) -> str:
     try:
         return str(ipaddress.ip_address(raw_host))
@@ -146,6 +150,14 @@ def forbidden_reason(address: IPAddress) -> str | None:
     return None if address.is_global else "non-public"
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _connectable(address: IPAddress) -> str:
     """An IPv4-mapped IPv6 address is reached over IPv4 (hosts without IPv6 cannot open it)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -178,6 +190,8 @@ class AddressGuard:
                     self._names.add(entry.rstrip("."))
         self._dns_cache: dict[tuple[str, int], tuple[float, list[IPAddress]]] = {}
         self._dns_lock = threading.Lock()
+        # IP literals always get the same answer: remember it (dict reads and writes are atomic).
+        self._literal_decisions: dict[str, str | Blocked] = {}
 
     def host_allowed(self, host: str) -> bool:
         return host in self._names or any(host.endswith(suffix) for suffix in self._suffixes)
@@ -192,6 +206,23 @@ class AddressGuard:
 
     def resolve(self, target: Target) -> str:
         """The address to connect to for ``target``; raise :class:`Blocked` if none may be contacted."""
+        literal = self._literal_decisions.get(target.host)
+        if literal is not None:
+            if isinstance(literal, Blocked):
+                raise Blocked(literal.message)
+            return literal
+        is_literal = _is_ip_literal(target.host)
+        try:
+            address = self._resolve(target)
+        except Blocked as exc:
+            if is_literal:
+                self._literal_decisions[target.host] = exc
+            raise
+        if is_literal:
+            self._literal_decisions[target.host] = address
+        return address
+
+    def _resolve(self, target: Target) -> str:
         addresses = self._lookup(target.host, target.port)
         if not self.enabled or self.host_allowed(target.host):
             return _connectable(addresses[0])

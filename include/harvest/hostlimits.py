@@ -8,6 +8,9 @@ With ``settings.redis_url`` set, both hold across every process and machine shar
 - ``<prefix>:pause:<host>`` exists while the host is paused (a 429/503 with Retry-After); its TTL
   is the pause. Every acquire checks it first, so every worker waits it out before sending.
 
+To keep Redis off the per-request path, a process reuses a granted lease for its next requests to
+the same host for up to a second (see :class:`RedisHostLimits`); the limit still holds globally.
+
 Without Redis, :class:`LocalHostLimits` applies the same rules inside this process only.
 """
 
@@ -69,6 +72,10 @@ class HostLimits(Protocol):
         """Seconds left in the host's pause, 0 when it is not paused."""
         ...
 
+    def flush(self) -> None:
+        """Hand back whatever this process keeps for reuse (called at the end of a batch)."""
+        ...
+
 
 @contextmanager
 def slot(limits: HostLimits, host: str, *, deadline: float | None = None) -> Iterator[Lease | None]:
@@ -124,6 +131,9 @@ class LocalHostLimits:
         with self._condition:
             return max(0.0, self._paused_until.get(host, 0.0) - time.monotonic())
 
+    def flush(self) -> None:
+        pass  # nothing is kept beyond a release
+
 
 # KEYS: slots zset, pause key. ARGV: limit, lease id, lease ttl (ms).
 # Returns 1 when a slot was granted, 0 when all are taken, -ms when the host is paused.
@@ -150,8 +160,30 @@ return 1
 """
 
 
+@dataclass(slots=True)
+class _HeldLease:
+    """A lease this process holds in Redis, free to be handed to another of its threads."""
+
+    token: str
+    taken_at: float  # time.monotonic() when Redis granted it
+    uses: int = 0
+
+
 class RedisHostLimits:
-    """Slots and pauses shared by every worker using the same Redis (and key prefix)."""
+    """Slots and pauses shared by every worker using the same Redis (and key prefix).
+
+    A Redis round trip per request would cost more than the request itself on a fast server, so a
+    process keeps a slot it was granted and hands it to its next request to the same host, for at
+    most ``REUSE_SECONDS`` and ``MAX_REUSES`` requests; then it goes back to Redis, where other
+    workers compete for it. Pauses are read from Redis at most every ``PAUSE_CHECK_SECONDS`` per
+    host (and at once when this process sets one). The limit itself always holds: a reused slot
+    is still one of the ``per_host`` leases in Redis.
+    """
+
+    REUSE_SECONDS = 1.0
+    MAX_REUSES = 32
+    PAUSE_CHECK_SECONDS = 0.25
+    SWEEP_SECONDS = 0.2
 
     def __init__(
         self,
@@ -163,12 +195,22 @@ class RedisHostLimits:
     ) -> None:
         if per_host < 1:
             raise ValueError(f"per-host concurrency must be at least 1, got {per_host}")
+        from redis.exceptions import RedisError  # here: importing redis is slow, and optional
+
+        self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
         self.client = client
         self.per_host = per_host
-        self.lease_ms = max(1000, int(lease_seconds * 1000))
+        # A reused lease must outlive its last use by a whole attempt.
+        self.lease_ms = max(1000, int((lease_seconds + self.REUSE_SECONDS) * 1000))
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE_SCRIPT)
         self._pause = client.register_script(_PAUSE_SCRIPT)
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[_HeldLease]] = {}
+        self._in_use: dict[str, _HeldLease] = {}
+        self._expired: list[tuple[str, str]] = []  # idle leases too old to reuse, to give back
+        self._sweeping = False
+        self._pause_seen: dict[str, tuple[float, float]] = {}  # host -> (checked at, paused until)
         # If Redis goes away mid-batch, keep fetching politely with this process's own limits.
         self._fallback = LocalHostLimits(per_host)
         self._redis_down_until = 0.0
@@ -193,51 +235,169 @@ class RedisHostLimits:
         return f"{self.prefix}:pause:{host}"
 
     def acquire(self, host: str, *, deadline: float | None = None) -> Lease | None:
-        token = uuid.uuid4().hex
-        keys = [self.slots_key(host), self.pause_key(host)]
         busy_wait = 0.005
         while True:
             if not self._redis_up():
                 return self._fallback.acquire(host, deadline=deadline)
-            try:
-                granted = int(self._acquire(keys=keys, args=[self.per_host, token, self.lease_ms]))
-            except _REDIS_ERRORS as exc:
-                self._redis_failed(exc)
-                return self._fallback.acquire(host, deadline=deadline)
-            if granted == 1:
-                return Lease(host, token)
             now = time.monotonic()
+            with self._lock:
+                seen = self._pause_seen.get(host)
+                reusable = bool(self._idle.get(host))
+            recent = seen is not None and now - seen[0] < self.PAUSE_CHECK_SECONDS
+            if recent:
+                assert seen is not None
+                wait = seen[1] - now
+            elif reusable:
+                # About to skip Redis for this request: look at the pause key first.
+                wait = self._pause_left(host, now)
+                if not self._redis_up():
+                    return self._fallback.acquire(host, deadline=deadline)
+            else:
+                wait = 0.0  # the acquire script checks the pause itself
+            if wait <= 0:
+                lease = self._reuse(host, now) if reusable else None
+                if lease is not None:
+                    return lease
+                token = uuid.uuid4().hex
+                try:
+                    granted = int(
+                        self._acquire(
+                            keys=[self.slots_key(host), self.pause_key(host)],
+                            args=[self.per_host, token, self.lease_ms],
+                        )
+                    )
+                except self._errors as exc:
+                    self._redis_failed(exc)
+                    return self._fallback.acquire(host, deadline=deadline)
+                now = time.monotonic()
+                if granted == 1:
+                    with self._lock:
+                        self._in_use[token] = _HeldLease(token, now, uses=1)
+                        self._pause_seen[host] = (now, 0.0)
+                    return Lease(host, token)
+                if granted < 0:
+                    wait = -granted / 1000
+                    with self._lock:
+                        self._pause_seen[host] = (now, now + wait)
+                else:
+                    # All slots taken elsewhere: poll with growing, jittered sleeps so waiting
+                    # workers do not hammer Redis in lock-step.
+                    wait = random.uniform(busy_wait / 2, busy_wait)
+                    busy_wait = min(busy_wait * 2, 0.2)
             if deadline is not None and now >= deadline:
                 return None
-            if granted < 0:
-                wait = -granted / 1000
-            else:
-                # All slots taken elsewhere: poll with growing, jittered sleeps so waiting
-                # workers do not hammer Redis in lock-step.
-                wait = random.uniform(busy_wait / 2, busy_wait)
-                busy_wait = min(busy_wait * 2, 0.2)
             time.sleep(wait if deadline is None else max(0.0, min(wait, deadline - now)))
+
+    def _pause_left(self, host: str, now: float) -> float:
+        """Seconds the host is still paused, from a recent look at Redis (or a fresh one)."""
+        with self._lock:
+            seen = self._pause_seen.get(host)
+        if seen is None or now - seen[0] >= self.PAUSE_CHECK_SECONDS:
+            try:
+                remaining = int(self.client.pttl(self.pause_key(host)))
+            except self._errors as exc:
+                self._redis_failed(exc)
+                return self._fallback.paused_for(host)
+            seen = (now, now + remaining / 1000 if remaining > 0 else 0.0)
+            with self._lock:
+                self._pause_seen[host] = seen
+        return seen[1] - now
+
+    def _reuse(self, host: str, now: float) -> Lease | None:
+        with self._lock:
+            idle = self._idle.get(host)
+            while idle:
+                held = idle.pop()
+                if now - held.taken_at < self.REUSE_SECONDS and held.uses < self.MAX_REUSES:
+                    held.uses += 1
+                    self._in_use[held.token] = held
+                    return Lease(host, held.token)
+                self._expired.append((host, held.token))  # too old: back to Redis (by the sweeper)
+        return None
 
     def release(self, lease: Lease) -> None:
         if not lease.token:  # a slot of the local fallback
             self._fallback.release(lease)
             return
-        if not self._redis_up():
-            return  # the lease expires on its own
+        now = time.monotonic()
+        with self._lock:
+            held = self._in_use.pop(lease.token, None)
+            keep = (
+                held is not None
+                and now - held.taken_at < self.REUSE_SECONDS
+                and held.uses < self.MAX_REUSES
+                and self._pause_seen.get(lease.host, (0.0, 0.0))[1] <= now
+            )
+            if keep and held is not None:
+                self._idle.setdefault(lease.host, []).append(held)
+                self._start_sweeper()
+        if not keep:
+            self._release_in_redis([(lease.host, lease.token)])
+
+    def flush(self) -> None:
+        """Give every idle slot back to Redis (the end of a batch: other workers may use them)."""
+        with self._lock:
+            held = [(host, h.token) for host, leases in self._idle.items() for h in leases]
+            held += self._expired
+            self._idle.clear()
+            self._expired = []
+        self._release_in_redis(held)
+
+    def _start_sweeper(self) -> None:
+        # Called with the lock held. An idle slot must not sit in this process when it has no
+        # more requests for the host: a daemon thread hands stale ones back while any exist.
+        if not self._sweeping:
+            self._sweeping = True
+            threading.Thread(target=self._sweep, name="harvest-lease-sweeper", daemon=True).start()
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(self.SWEEP_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                stale = self._expired
+                self._expired = []
+                for host, leases in list(self._idle.items()):
+                    fresh = [h for h in leases if now - h.taken_at < self.REUSE_SECONDS]
+                    stale += [(host, h.token) for h in leases if now - h.taken_at >= self.REUSE_SECONDS]
+                    if fresh:
+                        self._idle[host] = fresh
+                    else:
+                        del self._idle[host]
+                done = not self._idle
+                if done:
+                    self._sweeping = False
+            self._release_in_redis(stale)
+            if done:
+                return
+
+    def _release_in_redis(self, leases: list[tuple[str, str]]) -> None:
+        if not leases or not self._redis_up():
+            return  # (leases expire on their own)
         try:
-            self.client.zrem(self.slots_key(lease.host), lease.token)
-        except _REDIS_ERRORS as exc:
-            self._redis_failed(exc)  # the lease expires on its own
+            if len(leases) == 1:
+                self.client.zrem(self.slots_key(leases[0][0]), leases[0][1])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for host, token in leases:
+                    pipe.zrem(self.slots_key(host), token)
+                pipe.execute()
+        except self._errors as exc:
+            self._redis_failed(exc)
 
     def pause(self, host: str, seconds: float) -> None:
         if seconds <= 0:
             return
         self._fallback.pause(host, seconds)
+        now = time.monotonic()
+        with self._lock:
+            seen = self._pause_seen.get(host, (now, 0.0))
+            self._pause_seen[host] = (now, max(seen[1], now + seconds))
         if not self._redis_up():
             return
         try:
             self._pause(keys=[self.pause_key(host)], args=[max(1, int(seconds * 1000))])
-        except _REDIS_ERRORS as exc:
+        except self._errors as exc:
             self._redis_failed(exc)
 
     def paused_for(self, host: str) -> float:
@@ -245,18 +405,11 @@ class RedisHostLimits:
             return self._fallback.paused_for(host)
         try:
             remaining = int(self.client.pttl(self.pause_key(host)))
-        except _REDIS_ERRORS as exc:
+        except self._errors as exc:
             self._redis_failed(exc)
             return self._fallback.paused_for(host)
         return remaining / 1000 if remaining > 0 else 0.0
 
-
-try:
-    from redis.exceptions import RedisError
-
-    _REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
-except ImportError:  # the engine works without the redis client when redis_url is unset
-    _REDIS_ERRORS = (OSError,)
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()

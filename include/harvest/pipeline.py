@@ -230,7 +230,11 @@ def record(
     with closing(connect()) as conn:
         # Every URL gets exactly one answer, or nothing is recorded and the task fails saying so.
         return results.record_run(
-            conn, run, read_results(uris), batches=len(summaries),
-            outcome=manifest["outcome"], reason=manifest["reason"],
+            conn,
+            run,
+            read_results(uris),
+            batches=len(summaries),
+            outcome=manifest["outcome"],
+            reason=manifest["reason"],
             expected_urls=manifest["urls"] + manifest["rejected"],
         )

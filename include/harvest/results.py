@@ -25,8 +25,7 @@ from typing import Any
 
 from include.harvest.models import Result, Status
 
-__all__ = [
-    "IncompleteRun","COPY_CHUNK_ROWS", "RunInfo", "RunSummary", "load_previous", "record_run"]
+__all__ = ["IncompleteRun", "COPY_CHUNK_ROWS", "RunInfo", "RunSummary", "load_previous", "record_run"]
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import re
-import threading
 import uuid
 from typing import IO
 
@@ -35,8 +35,6 @@ class ContentAddressedStore:
         self.fs, root = fsspec.core.url_to_fs(base_uri, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self._local else root.rstrip("/")
-        self._made_dirs: set[str] = set()
-        self._dirs_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ContentAddressedStore({self.base_uri!r})"
@@ -76,22 +74,20 @@ class ContentAddressedStore:
 
     def _put_local(self, stream: IO[bytes], path: str) -> None:
         if os.path.exists(path):
-            return
-        directory = os.path.dirname(path)
-        if directory not in self._made_dirs:
-            try:
-                os.mkdir(directory)  # usually only the leaf is missing: one system call
-            except FileExistsError:
-                pass
-            except FileNotFoundError:
-                os.makedirs(directory, exist_ok=True)
-            with self._dirs_lock:
-                self._made_dirs.add(directory)
+            return  # the same bytes were stored before (this run or an earlier one)
+        directory, name = os.path.split(path)
         # Hidden, unique, same directory: the rename cannot cross filesystems and readers never
         # see the name until the bytes are all there. Two writers of the same blob both succeed.
-        temporary = f"{directory}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+        temporary = f"{directory}/.{name}.{_WRITER_ID}-{next(_temporary_numbers)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            fd = os.open(temporary, flags, 0o644)
+        except FileNotFoundError:
+            # The shard directory does not exist yet. (Trying first and creating on failure costs
+            # less than checking first: in a store in use, nearly every directory exists.)
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(temporary, flags, 0o644)
+        try:
             try:
                 if isinstance(stream, io.BytesIO):
                     with stream.getbuffer() as view:  # no copy of the body held in memory
@@ -110,6 +106,10 @@ class ContentAddressedStore:
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Temporary names unique across processes and machines sharing a filesystem, without a random
+# draw (a system call) per blob.
+_WRITER_ID = uuid.uuid4().hex[:12]
+_temporary_numbers = itertools.count()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-
 from airflow.dag_processing.dagbag import DagBag
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -57,7 +56,12 @@ def test_parsing_is_fast():
 
 def test_harvest_shape(dagbag: DagBag):
     dag = dagbag.dags["harvest"]
-    assert {t.task_id for t in dag.tasks} == {"read_sources", "plan_batches", "download_batch", "record_results"}
+    assert {t.task_id for t in dag.tasks} == {
+        "read_sources",
+        "plan_batches",
+        "download_batch",
+        "record_results",
+    }
     record = dag.get_task("record_results")
     assert record.trigger_rule == "none_failed"  # an empty list skips the mapped task, not the reduce
     assert not dag.catchup

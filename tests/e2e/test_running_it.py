@@ -22,7 +22,8 @@ def downloads(stack: RunningStack, run_key: str) -> dict[str, tuple[str, str | N
 def run_summary(stack: RunningStack, run_key: str) -> dict:
     with stack.results_db() as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT outcome, urls_total, status_counts, reason FROM harvest.runs WHERE run_key = %s", (run_key,)
+            "SELECT outcome, urls_total, status_counts, reason FROM harvest.runs WHERE run_key = %s",
+            (run_key,),
         )
         outcome, total, counts, reason = cur.fetchone()
     return {"outcome": outcome, "urls_total": total, "counts": counts, "reason": reason}
@@ -61,7 +62,9 @@ def test_scheduled_run_downloads_that_days_list(harvest_stack: RunningStack):
     assert rows == {url: ("ok", sha) for url, sha in harvest_stack.scheduled_urls.items()}
 
 
-def test_backfill_records_each_days_list_and_is_idempotent(harvest_stack: RunningStack, image_site: ImageSite):
+def test_backfill_records_each_days_list_and_is_idempotent(
+    harvest_stack: RunningStack, image_site: ImageSite
+):
     days = ["2026-03-01", "2026-03-02", "2026-03-03"]
     expected = {}
     for n, day in enumerate(days):
@@ -88,8 +91,16 @@ def test_backfill_records_each_days_list_and_is_idempotent(harvest_stack: Runnin
     wait_for_backfills_to_complete(harvest_stack)
     before = {r["dag_run_id"]: r["end_date"] for r in runs}
     harvest_stack.stack.run_airflow(
-        "backfill", "create", "--dag-id", "harvest", "--from-date", days[0], "--to-date", days[-1],
-        "--reprocess-behavior", "completed",
+        "backfill",
+        "create",
+        "--dag-id",
+        "harvest",
+        "--from-date",
+        days[0],
+        "--to-date",
+        days[-1],
+        "--reprocess-behavior",
+        "completed",
     )
     rerun = wait_for_runs(
         harvest_stack, lambda r: is_backfill(r) and r["end_date"] != before.get(r["dag_run_id"]), 3
@@ -124,7 +135,9 @@ def test_record_results_run_twice_leaves_no_duplicates(harvest_stack: RunningSta
     )
     assert response.status_code == 200, response.text
     api.wait_for_run("harvest", run_id)
-    tries = [ti["try_number"] for ti in api.task_instances("harvest", run_id) if ti["task_id"] == "record_results"]
+    tries = [
+        ti["try_number"] for ti in api.task_instances("harvest", run_id) if ti["task_id"] == "record_results"
+    ]
     assert tries == [2]  # it really ran a second time
     assert downloads(harvest_stack, run_id) == first == {url: ("ok", sha) for url, sha in expected.items()}
 
@@ -165,7 +178,9 @@ def test_table_source_reads_url_sources_for_the_date(harvest_stack: RunningStack
             [(url,) for url in expected],
         )
     api = harvest_stack.api
-    run_id = api.trigger("harvest", {"source": "table"}, logical_date="2026-04-01T00:00:00Z").json()["dag_run_id"]
+    run_id = api.trigger("harvest", {"source": "table"}, logical_date="2026-04-01T00:00:00Z").json()[
+        "dag_run_id"
+    ]
     api.wait_for_run("harvest", run_id)
 
     rows = downloads(harvest_stack, "2026-04-01T00:00:00+00:00")
@@ -175,7 +190,13 @@ def test_table_source_reads_url_sources_for_the_date(harvest_stack: RunningStack
 
 def test_remote_list_with_bad_lines_records_every_line(harvest_stack: RunningStack, image_site: ImageSite):
     expected = image_site.add_images("remote", 3, seed=400)
-    listing = ["# served over HTTP", *expected, "not a url", "ftp://example.com/x.jpg", f"{image_site.base_url}/gone.png"]
+    listing = [
+        "# served over HTTP",
+        *expected,
+        "not a url",
+        "ftp://example.com/x.jpg",
+        f"{image_site.base_url}/gone.png",
+    ]
     (image_site.root / "remote-list.txt").write_text("\n".join(listing) + "\n")
     api = harvest_stack.api
     run_id = api.trigger("harvest", {"source": f"{image_site.base_url}/remote-list.txt"}).json()["dag_run_id"]

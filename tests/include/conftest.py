@@ -7,8 +7,11 @@ meets on the open web: slow, silent, endless, oversized, lying, redirecting, thr
 from __future__ import annotations
 
 import io
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -182,6 +185,17 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
             h.wfile.write(bytes([byte]))
             h.wfile.flush()
 
+    @route("/drip-headers.jpg")
+    def drip_headers(h: BaseHTTPRequestHandler) -> None:
+        # Status line and headers a byte every 0.5 s: each read is quick, the whole never ends.
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"x" * 200 + b"\r\n\r\n"
+        for byte in head:
+            if server_state.stop.wait(0.5):
+                return
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+        h.close_connection = True
+
     @route("/endless")
     def endless(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
@@ -211,6 +225,15 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
         h.wfile.write(images.big_jpeg)
         for _ in range(64):  # 2 MiB past the image, no length announced
             h.wfile.write(b"\0" * 32768)
+
+    @route("/short-body.jpg")
+    def short_body(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(images.jpeg)))
+        h.end_headers()
+        h.wfile.write(images.jpeg[:1000])
+        h.close_connection = True  # hangs up 1000 bytes into the promised body
 
     @route("/loop-a")
     def loop_a(h: BaseHTTPRequestHandler) -> None:
@@ -295,6 +318,41 @@ def hostile_server(images: Images) -> Iterator[HostileServer]:
     httpd.server_close()
 
 
+@dataclass
+class TlsServer:
+    port: int
+    cert_file: str  # self-signed for "localhost": trust it with SSL_CERT_FILE
+    server_names: list[str | None]  # the SNI name of every TLS handshake
+
+
+@pytest.fixture(scope="session")
+def tls_server(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """The same routes over HTTPS, with a certificate for ``localhost`` only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,func-returns-value]
+    state = HostileServer(port=0)
+    httpd = _Server(("127.0.0.1", 0), _handler(state, images))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield TlsServer(httpd.server_address[1], str(cert), names)
+    state.stop.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
 @pytest.fixture(scope="session")
 def refused_url() -> str:
     """A loopback port nobody listens on: connections are refused at once."""
@@ -309,7 +367,7 @@ def fast_settings() -> FetchSettings:
     """Small limits so hostile cases end in seconds; the test server's address is allowed."""
     return FetchSettings(
         connect_timeout=1.0,
-        read_timeout=1.0,
+        read_timeout=1.5,  # above the 1 s between two dripped bytes: the total deadline must cut the drip
         total_timeout=2.0,
         concurrency=32,
         per_host_concurrency=32,

@@ -88,7 +88,7 @@ def test_empty_body_is_invalid() -> None:
         inspect(b"")
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "AVIF"])
 def test_truncated_images_are_invalid(fmt: str) -> None:
     body = make_image(fmt, (300, 200), seed=9)
     with pytest.raises(InvalidContent, match="truncated|not a readable image"):

@@ -24,7 +24,7 @@ from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
 
 if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
-    from tests.include.conftest import HostileServer, Images
+    from tests.include.conftest import HostileServer, Images, TlsServer
 
 # path -> (content type, width, height) of the images that must come out ok in the shared batch
 GOOD = {
@@ -82,10 +82,15 @@ CASES = {
         attempts=3,
     ),
     "accepts, never answers": Case(
-        on_server("/silent.png"), Status.TIMEOUT, ("sent no response within 1.0s", "HARVEST_READ_TIMEOUT")
+        on_server("/silent.png"), Status.TIMEOUT, ("sent no response within 1.5s", "HARVEST_READ_TIMEOUT")
     ),
     "drips one byte a second": Case(
         on_server("/drip.jpg"), Status.TIMEOUT, ("not complete after 2s", "HARVEST_TOTAL_TIMEOUT")
+    ),
+    "headers dripped one byte at a time": Case(
+        on_server("/drip-headers.jpg"),
+        Status.TIMEOUT,
+        ("had not sent its response headers after 2s", "HARVEST_TOTAL_TIMEOUT"),
     ),
     "endless chunked body": Case(
         on_server("/endless"), Status.TIMEOUT, ("not complete after 2s", "HARVEST_TOTAL_TIMEOUT")
@@ -102,6 +107,12 @@ CASES = {
         Status.TOO_LARGE,
         ("more than 1048576 bytes", "1 MiB cap", "stopped reading"),
         attempts=1,
+    ),
+    "connection closed mid-body": Case(
+        on_server("/short-body.jpg"),
+        Status.CONNECTION_ERROR,
+        ("broke after 1000 bytes of the body", "gave up after 3 attempts"),
+        attempts=3,
     ),
     "redirect loop": Case(
         on_server("/loop-a"), Status.TOO_MANY_REDIRECTS, ("redirect loop", "/loop-a"), attempts=1
@@ -260,10 +271,11 @@ def test_redirects_record_the_final_url(batch: Batch) -> None:
 
 
 def test_slow_servers_are_cut_at_the_total_deadline(batch: Batch) -> None:
-    for path in ("/drip.jpg", "/endless"):
+    for path in ("/drip.jpg", "/drip-headers.jpg", "/endless"):
         result = batch.by_url[batch.server.url(path)]
-        # 3 attempts of at most 2 s each, plus back-off (<= 0.2 s each): never the 60 s a drip needs.
-        assert result.elapsed_ms < 3 * 2000 + 1500, (path, result.elapsed_ms)
+        # 3 attempts of at most 2 s each (+0.5 s for the header watchdog), plus back-off (<= 0.2 s
+        # each): never the minutes a drip needs.
+        assert result.elapsed_ms < 3 * 2500 + 1500, (path, result.elapsed_ms)
     assert batch.elapsed < 12
 
 
@@ -336,7 +348,9 @@ def test_progress_is_logged_in_summary_lines_not_per_url(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     log = logging.getLogger("harvest.test.progress")
-    urls = [hostile_server.url(f"{p}?n={n}") for p in ("/ok.png", "/ok.jpg", "/status/404") for n in range(20)]
+    urls = [
+        hostile_server.url(f"{p}?n={n}") for p in ("/ok.png", "/ok.jpg", "/status/404") for n in range(20)
+    ]
     with caplog.at_level(logging.INFO, logger="harvest.test.progress"):
         fetch_batch(urls, fast_settings, store=store, log=log)
     lines = [r.getMessage() for r in caplog.records if r.name == "harvest.test.progress"]
@@ -371,3 +385,34 @@ def test_fetch_bytes(hostile_server: HostileServer, fast_settings: FetchSettings
         fetch_bytes(hostile_server.url("/ok.png"), fast_settings, max_bytes=100)
     with pytest.raises(Blocked, match="private address"):
         fetch_bytes("http://10.0.0.1/list.txt", fast_settings, max_bytes=1 << 20)
+
+
+def test_a_broken_store_fails_the_batch_instead_of_blaming_urls(
+    hostile_server: HostileServer, fast_settings: FetchSettings, tmp_path: Path
+) -> None:
+    # Storage trouble is not a URL's fault: the task should fail (and be retried), not record
+    # thousands of bogus failures.
+    (tmp_path / "not-a-directory").write_text("")
+    store = ContentAddressedStore(f"file://{tmp_path}/not-a-directory")
+    with pytest.raises(OSError):
+        fetch_batch(
+            [hostile_server.url("/ok.png"), hostile_server.url("/ok.jpg")], fast_settings, store=store
+        )
+
+
+def test_https_goes_to_the_checked_address_but_speaks_tls_for_the_real_name(
+    tls_server: TlsServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", tls_server.cert_file)  # trust the test certificate
+    settings = fast_settings.replace(allow_hosts=("localhost", "127.0.0.1"))
+    by_name = f"https://localhost:{tls_server.port}/ok.png"
+    by_address = f"https://127.0.0.1:{tls_server.port}/ok.png"  # the certificate does not cover it
+    results = fetch_batch([by_name, by_address], settings, store=store)
+    assert (results[0].status, results[0].width, results[0].height) == (Status.OK, 64, 48)
+    assert "localhost" in tls_server.server_names  # SNI carried the name, the socket went to 127.0.0.1
+    assert results[1].status is Status.CONNECTION_ERROR and results[1].attempts == 1
+    assert results[1].error and "TLS with 127.0.0.1" in results[1].error
+    assert "certificate check" in results[1].error and "doesn't match 'localhost'" in results[1].error

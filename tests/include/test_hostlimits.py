@@ -105,7 +105,8 @@ def test_redis_slots_hold_across_instances(redis_client: Any, prefix: str) -> No
     assert None not in leases
     assert worker_b.acquire("example.com", deadline=time.monotonic() + 0.2) is None
     worker_a.release(leases[0])  # type: ignore[arg-type]
-    assert worker_b.acquire("example.com", deadline=time.monotonic() + 0.5) is not None
+    # worker A may keep a released slot for its own next request, but never longer than ~1 s idle.
+    assert worker_b.acquire("example.com", deadline=time.monotonic() + 2.0) is not None
     assert peak_concurrency(shared(redis_client, prefix, per_host=3), "other.example", workers=9) == 3
 
 
@@ -115,7 +116,7 @@ def test_a_killed_workers_slot_expires(redis_client: Any, prefix: str) -> None:
     started = time.monotonic()
     survivor = shared(redis_client, prefix, per_host=1, lease_seconds=1)
     assert survivor.acquire("example.com", deadline=started + 3) is not None
-    assert 0.5 < time.monotonic() - started < 2.0
+    assert 0.5 < time.monotonic() - started < 3.0  # lease of 1 s + the 1 s reuse window
 
 
 def test_redis_pause_is_seen_by_every_instance(redis_client: Any, prefix: str) -> None:
@@ -199,6 +200,7 @@ def test_a_429_pauses_the_host_for_a_second_worker_process(
     assert [(r.status, r.attempts) for r in first] == [(Status.OK, 2), (Status.OK, 1)]
     retry = hostile_server.hits("/throttled-shared.png")[1].at
     assert retry - throttled_at >= 1.9
+    assert redis_client.zcard(f"{prefix}:slots:127.0.0.1") == 0  # every slot handed back at the end
 
 
 def test_limits_fall_back_to_this_process_when_redis_is_down(refused_url: str) -> None:

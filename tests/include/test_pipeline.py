@@ -29,9 +29,13 @@ def no_db() -> None:
 
 def read(tmp_path: Path, **kwargs) -> dict:
     return pipeline.read_sources(
-        context(), urls=kwargs.get("urls"), source=kwargs.get("source"),
-        list_base_uri=(tmp_path / "lists").as_uri(), work_uri=(tmp_path / "work").as_uri(),
-        connect=no_db, settings=FetchSettings(),
+        context(),
+        urls=kwargs.get("urls"),
+        source=kwargs.get("source"),
+        list_base_uri=(tmp_path / "lists").as_uri(),
+        work_uri=(tmp_path / "work").as_uri(),
+        connect=no_db,
+        settings=FetchSettings(),
     )
 
 
@@ -42,8 +46,11 @@ def test_a_100000_line_list_is_planned_within_max_map_length_with_every_url_once
 
     manifest = read(tmp_path)
     batches = pipeline.plan(
-        manifest, work_uri=(tmp_path / "work").as_uri(), dag_run_id=context().dag_run_id,
-        batch_size=None, max_batches=1024,
+        manifest,
+        work_uri=(tmp_path / "work").as_uri(),
+        dag_run_id=context().dag_run_id,
+        batch_size=None,
+        max_batches=1024,
     )
 
     assert manifest["urls"] == 100_000 and manifest["outcome"] == "recorded"
@@ -72,7 +79,9 @@ def test_a_run_with_a_batch_result_missing_records_nothing(tmp_path: Path, harve
 
     with pytest.raises(IncompleteRun, match="recorded 1 results but the source had 3 URLs"):
         pipeline.record(
-            context(), manifest, [{"index": 0, "results_uri": results_uri}],
+            context(),
+            manifest,
+            [{"index": 0, "results_uri": results_uri}],
             connect=lambda: psycopg2.connect(harvest_db_dsn),
         )
 
