@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.imageset import BENCH_TMP, ImageSet, build_imageset
-from bench.nginx import Nginx, free_port
+from bench.nginx import Nginx
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Redis database numbers of the benchmark: away from `make run` (0, 1) and the e2e tests (12, 13).
@@ -229,28 +229,18 @@ class HarvestBench:
     def __post_init__(self) -> None:
         from scripts.stack import Stack
 
-        suffix = uuid.uuid4().hex[:8]
         self.data = self.base / "data"
         for name in ("url_lists", "storage", "work"):
             (self.data / name).mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
         if self.worker_concurrency:
             kwargs["worker_concurrency"] = self.worker_concurrency
-        self.stack = Stack(
+        self.stack = Stack.isolated(
+            "harvest_bench",
             home=self.base / "airflow-home",
-            metadata_db=f"harvest_bench_{suffix}_airflow",
-            results_db=f"harvest_bench_{suffix}_results",
+            data=self.data,
             broker_db=BROKER_DB,
             coordination_db=COORDINATION_DB,
-            api_port=free_port(),
-            flower_port=None,
-            worker_log_port=free_port(),
-            triggerer_log_port=free_port(),
-            scheduler_health_port=free_port(),
-            storage_uri=(self.data / "storage").as_uri(),
-            work_uri=(self.data / "work").as_uri(),
-            url_list_uri=(self.data / "url_lists").as_uri(),
-            allow_hosts="127.0.0.1",
             extra_env=dict(self.extra_env),
             **kwargs,
         )

@@ -24,14 +24,17 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +63,13 @@ def load_dotenv(path: Path = REPO / ".env") -> dict[str, str]:
 
 def setting(name: str, default: str) -> str:
     return os.environ.get(name) or load_dotenv().get(name) or default
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def with_database(server_url: str, database: str) -> str:
@@ -91,6 +101,35 @@ class Stack:
     # The local stack fetches its demo from loopback, which the SSRF guard refuses by default.
     allow_hosts: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def isolated(
+        cls, name: str, *, home: Path, data: Path, broker_db: int, coordination_db: int, **overrides: Any
+    ) -> Stack:
+        """A private stack that runs beside any other (tests, benchmarks).
+
+        Its databases get unique names (``<name>_<8 hex>_airflow`` / ``_results``, dropped with
+        :meth:`drop_databases`), every port is a free one, and its lists, blobs and work files live
+        under ``data``. Loopback is allowed through the address guard: its images are served there.
+        """
+        suffix = uuid.uuid4().hex[:8]
+        values: dict[str, Any] = {
+            "home": home,
+            "metadata_db": f"{name}_{suffix}_airflow",
+            "results_db": f"{name}_{suffix}_results",
+            "broker_db": broker_db,
+            "coordination_db": coordination_db,
+            "api_port": free_port(),
+            "flower_port": None,
+            "worker_log_port": free_port(),
+            "triggerer_log_port": free_port(),
+            "scheduler_health_port": free_port(),
+            "storage_uri": (data / "storage").as_uri(),
+            "work_uri": (data / "work").as_uri(),
+            "url_list_uri": (data / "url_lists").as_uri(),
+            "allow_hosts": "127.0.0.1",
+        }
+        return cls(**{**values, **overrides})
 
     # ---- derived values -------------------------------------------------------------------
     @property

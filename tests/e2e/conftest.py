@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,12 +31,6 @@ pytestmark = pytest.mark.e2e
 
 # Redis database numbers of the test stack: away from the local stack's 0 and 1.
 BROKER_DB, COORDINATION_DB = 12, 13
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -101,28 +93,18 @@ class RunningStack:
 
 @pytest.fixture(scope="session")
 def harvest_stack(tmp_path_factory: pytest.TempPathFactory, image_site: ImageSite) -> Iterator[RunningStack]:
-    suffix = uuid.uuid4().hex[:8]
     data = tmp_path_factory.mktemp("harvest-data")
     (data / "url_lists").mkdir()
     # With catchup off, unpausing the DAG schedules a run for today at once: give it today's list.
     scheduled_urls = image_site.add_images("scheduled", 6, seed=99)
     today = datetime.now(UTC).date().isoformat()
     (data / "url_lists" / f"{today}.txt").write_text("# today's list\n" + "\n".join(scheduled_urls) + "\n")
-    stack = Stack(
+    stack = Stack.isolated(
+        "harvest_e2e",
         home=tmp_path_factory.mktemp("airflow-home"),
-        metadata_db=f"harvest_e2e_{suffix}_airflow",
-        results_db=f"harvest_e2e_{suffix}_results",
+        data=data,
         broker_db=BROKER_DB,
         coordination_db=COORDINATION_DB,
-        api_port=free_port(),
-        flower_port=None,
-        worker_log_port=free_port(),
-        triggerer_log_port=free_port(),
-        scheduler_health_port=free_port(),
-        storage_uri=(data / "storage").as_uri(),
-        work_uri=(data / "work").as_uri(),
-        url_list_uri=(data / "url_lists").as_uri(),
-        allow_hosts="127.0.0.1",
     )
     for db in (BROKER_DB, COORDINATION_DB):
         redis.Redis.from_url(f"{stack.redis_server}/{db}").flushdb()
