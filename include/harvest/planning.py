@@ -29,8 +29,8 @@ __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_BATCHES", "choose_batch_size", "de
 
 log = logging.getLogger(__name__)
 
-# Measured with `python -m bench.e2e --sweep` (2 CPUs, 20,000 URLs, 4 worker slots): 250 -> 461,
-# 500 -> 694, 1000 -> 742, 2000 -> 778, 4000 -> 774 URLs/s. Each task instance costs 0.4-0.6 s
+# Measured with `python -m bench.e2e --sweep` (2 CPUs, 20,000 URLs, 4 worker slots): 250 -> 457,
+# 500 -> 721, 1000 -> 778, 2000 -> 826, 4000 -> 751 URLs/s. Each task instance costs 0.4-0.6 s
 # outside the fetch, so small batches lose; from 1000 up the curve is flat, and 1000 keeps
 # progress and retries fine-grained.
 DEFAULT_BATCH_SIZE = 1000
