@@ -29,8 +29,8 @@ from scripts.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-# Redis database numbers of the test stack: away from the local stack's 0 and 1.
-BROKER_DB, COORDINATION_DB = 12, 13
+# Redis database numbers of the test stack: away from make run (0, 1), the bench (8, 9) and the engine tests (13).
+BROKER_DB, COORDINATION_DB = 10, 11
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
