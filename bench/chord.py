@@ -65,35 +65,10 @@ def download_image(url: str) -> dict[str, Any]:
     try:
         response = _http().request("GET", url, timeout=urllib3.Timeout(connect=5, read=10))
     except urllib3.exceptions.HTTPError as exc:
-        return {
-            "url": url,
-            "status": "connection_error",
-            "http_status": None,
-            "bytes": 0,
-            "sha256": None,
-            "error": str(exc),
-        }
+        return _record(url, "connection_error", error=str(exc))
     if response.status != 200:
-        return {
-            "url": url,
-            "status": "http_error",
-            "http_status": response.status,
-            "bytes": 0,
-            "sha256": None,
-            "error": None,
-        }
-    data = response.data
-    sha256 = hashlib.sha256(data).hexdigest()
-    path = Path(os.environ["BENCH_CHORD_OUT"]) / f"{sha256}{Path(url).suffix}"
-    path.write_bytes(data)
-    return {
-        "url": url,
-        "status": "ok",
-        "http_status": 200,
-        "bytes": len(data),
-        "sha256": sha256,
-        "error": None,
-    }
+        return _record(url, "http_error", http_status=response.status)
+    return _stored(url, response.data)
 
 
 def _download_like_the_seed(url: str) -> dict[str, Any]:
@@ -105,23 +80,33 @@ def _download_like_the_seed(url: str) -> dict[str, Any]:
         with urllib.request.urlopen(url, timeout=10) as response:
             data = response.read()
     except (urllib.error.URLError, OSError) as exc:
-        return {
-            "url": url,
-            "status": "connection_error",
-            "http_status": None,
-            "bytes": 0,
-            "sha256": None,
-            "error": str(exc),
-        }
+        return _record(url, "connection_error", error=str(exc))
+    return _stored(url, data)
+
+
+def _stored(url: str, data: bytes) -> dict[str, Any]:
+    """Write ``data`` under its sha256 (as the seed wrote a file per URL); return its ok record."""
     sha256 = hashlib.sha256(data).hexdigest()
     (Path(os.environ["BENCH_CHORD_OUT"]) / f"{sha256}{Path(url).suffix}").write_bytes(data)
+    return _record(url, "ok", http_status=200, size=len(data), sha256=sha256)
+
+
+def _record(
+    url: str,
+    status: str,
+    *,
+    http_status: int | None = None,
+    size: int = 0,
+    sha256: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
     return {
         "url": url,
-        "status": "ok",
-        "http_status": 200,
-        "bytes": len(data),
+        "status": status,
+        "http_status": http_status,
+        "bytes": size,
         "sha256": sha256,
-        "error": None,
+        "error": error,
     }
 
 
