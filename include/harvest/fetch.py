@@ -20,6 +20,7 @@ import email.utils
 import hashlib
 import heapq
 import io
+import itertools
 import logging
 import queue
 import random
@@ -252,6 +253,15 @@ class _Body:
         self.hasher = hashlib.sha256()
         self.size = 0
 
+    @classmethod
+    def of(cls, data: bytes) -> _Body:
+        """A body received whole: hashed in one call (which lets other threads run meanwhile)."""
+        body = cls.__new__(cls)
+        body.file = io.BytesIO(data)  # shares ``data``: no copy
+        body.hasher = hashlib.sha256(data)
+        body.size = len(data)
+        return body
+
     def write(self, chunk: bytes) -> None:
         if self.size + len(chunk) > SPOOL_IN_MEMORY and isinstance(self.file, io.BytesIO):
             on_disk = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
@@ -297,19 +307,21 @@ class _DeadlineReaper:
     PRECISION = 0.5  # seconds: deadlines are tens of seconds, no need to wake for each one
 
     def __init__(self) -> None:
+        # No lock on the request path: heappush, heappop and next() are single calls into C, atomic
+        # under the GIL, and every request of every thread passes here twice.
         self._heap: list[tuple[float, int, list[object]]] = []
-        self._lock = threading.Lock()
-        self._counter = 0
+        self._order = itertools.count()
+        self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def watch(self, deadline: float, sock: object) -> list[object]:
         entry: list[object] = [sock]  # emptied by cancel(): nothing to shut down any more
-        with self._lock:
-            self._counter += 1
-            heapq.heappush(self._heap, (deadline, self._counter, entry))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="harvest-deadlines", daemon=True)
-                self._thread.start()
+        heapq.heappush(self._heap, (deadline, next(self._order), entry))
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="harvest-deadlines", daemon=True)
+                    self._thread.start()
         return entry
 
     @staticmethod
@@ -321,9 +333,10 @@ class _DeadlineReaper:
             time.sleep(self.PRECISION)
             now = time.monotonic()
             expired: list[object] = []
-            with self._lock:
-                while self._heap and self._heap[0][0] <= now:
-                    expired.extend(heapq.heappop(self._heap)[2])
+            # A push between the look at heap[0] and the pop can only bring an earlier deadline to
+            # the top, which is then due as well.
+            while self._heap and self._heap[0][0] <= now:
+                expired.extend(heapq.heappop(self._heap)[2])
             for sock in expired:
                 with contextlib.suppress(OSError, AttributeError):
                     sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
@@ -736,7 +749,6 @@ class _Fetcher:
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, target: Target, deadline: float) -> _Body:
         settings = self.settings
-        body = _Body()
         sock = getattr(getattr(response, "connection", None), "sock", None)
         # Identity was asked for: skip urllib3's decoder layer unless the server compressed anyway
         # (then the cap counts the decoded bytes).
@@ -744,6 +756,11 @@ class _Fetcher:
         declared = response.headers.get("Content-Length")
         # With a declared length, stop once it has arrived rather than asking again for the end.
         expected = int(declared) if declared and declared.isdigit() and not decode else -1
+        if 0 <= expected <= SPOOL_IN_MEMORY and sock is not None:
+            # The common case: a declared length already checked against the cap. One read does it
+            # in C; the total deadline is kept by the reaper instead of a loop of timed reads.
+            return self._read_declared(response, target, sock, expected, deadline)
+        body = _Body()
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -786,6 +803,38 @@ class _Fetcher:
         except BaseException:
             body.close()
             raise
+
+    def _read_declared(
+        self, response: urllib3.BaseHTTPResponse, target: Target, sock: object, expected: int, deadline: float
+    ) -> _Body:
+        settings = self.settings
+        entry = _reaper.watch(deadline, sock)
+        received = "some"
+        try:
+            # All of it: the declared length, already checked against the cap. (Without an amount,
+            # http.client reads straight into one bytes object; with one, it adds a buffer and a copy.)
+            data = response.read(decode_content=False)
+            received = str(len(data))
+            if len(data) != expected:
+                raise ProtocolError(f"the server sent {received} of the {expected} bytes it declared")
+        except ReadTimeoutError as exc:
+            raise Timeout(
+                f"{target.host} stopped sending the body for {settings.read_timeout:g}s "
+                f"(HARVEST_READ_TIMEOUT) before all {expected} declared bytes arrived"
+            ) from exc
+        except (ProtocolError, HTTPError, OSError) as exc:
+            if time.monotonic() >= deadline - 0.01:  # the reaper cut a body that came too slowly
+                raise Timeout(
+                    f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT): "
+                    f"{received} of {expected} declared bytes received from {target.host}, which is "
+                    "sending too slowly"
+                ) from exc
+            raise ConnectionFailed(
+                f"connection to {target.host} broke during the body ({expected} bytes declared): {_reason(exc)}"
+            ) from exc
+        finally:
+            _reaper.cancel(entry)
+        return _Body.of(data)
 
 
 def _finish(response: urllib3.BaseHTTPResponse, *, read_to_end: bool) -> None:

@@ -76,11 +76,30 @@ def parse_target(url: str) -> Target:
         parts = urllib.parse.urlsplit(url)
     except ValueError as exc:
         raise Rejected(f"URL cannot be parsed: {exc}") from exc
-    scheme = parts.scheme.lower()
+    scheme, host, port, host_header = _authority(parts.scheme, parts.netloc)
+
+    path = _encode_non_ascii(parts.path) or "/"
+    query = _encode_non_ascii(parts.query)
+    request_target = f"{path}?{query}" if query else path
+    return Target(
+        url=f"{scheme}://{host_header}{request_target}",
+        scheme=scheme,
+        host=host,
+        port=port,
+        request_target=request_target,
+        host_header=host_header,
+    )
+
+
+@functools.lru_cache(maxsize=4096)  # a batch repeats its hosts: check each authority once
+def _authority(raw_scheme: str, netloc: str) -> tuple[str, str, int, str]:
+    """Scheme, host, port and Host header of a URL's scheme and authority; raise :class:`Rejected`."""
+    scheme = raw_scheme.lower()
     if not scheme:
         raise Rejected("URL has no scheme: write it as http://... or https://...")
     if scheme not in ALLOWED_SCHEMES:
         raise Rejected(f"scheme '{scheme}:' is not allowed: only http and https URLs are fetched")
+    parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
     if parts.username is not None or parts.password is not None:
         raise Rejected("URL carries credentials (user:password@host): remove them from the URL list")
     raw_host = parts.hostname
@@ -94,23 +113,11 @@ def parse_target(url: str) -> Target:
         raise Rejected("URL has an invalid port: 0")
     host = _normalise_host(raw_host)
     port = port or DEFAULT_PORTS[scheme]
-
-    path = _encode_non_ascii(parts.path) or "/"
-    query = _encode_non_ascii(parts.query)
-    request_target = f"{path}?{query}" if query else path
     display_host = f"[{host}]" if ":" in host else host
     host_header = display_host if port == DEFAULT_PORTS[scheme] else f"{display_host}:{port}"
-    return Target(
-        url=f"{scheme}://{host_header}{request_target}",
-        scheme=scheme,
-        host=host,
-        port=port,
-        request_target=request_target,
-        host_header=host_header,
-    )
+    return scheme, host, port, host_header
 
 
-@functools.lru_cache(maxsize=4096)  # a batch repeats its hosts; IDNA and IP parsing are not free
 def _normalise_host(raw_host: str) -> str:
     try:
         return str(ipaddress.ip_address(raw_host))

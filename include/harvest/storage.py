@@ -2,14 +2,16 @@
 
 The base is a URI read through fsspec (``file://`` by default, ``s3://...`` when s3fs is installed,
 which is what Airflow's ObjectStoragePath uses underneath). Identical bytes from different URLs land
-in one blob. A blob is never visible half-written: locally it is written under a hidden temporary
-name in the same directory and renamed into place (atomic on POSIX); on object stores it is one PUT,
-and an object only appears once its upload is complete.
+in one blob. A blob is never visible half-written: locally it is written as a nameless file in its
+directory and linked into place once complete (Linux ``O_TMPFILE``; elsewhere a hidden temporary
+name and a rename, both atomic); on object stores it is one PUT, and an object only appears once its
+upload is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import itertools
@@ -35,6 +37,8 @@ class ContentAddressedStore:
         self.fs, root = fsspec.core.url_to_fs(base_uri, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self._local else root.rstrip("/")
+        # Nameless files linked into place (Linux): see _put_local_anonymous.
+        self._anonymous_files = self._local and bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 
     def __repr__(self) -> str:
         return f"ContentAddressedStore({self.base_uri!r})"
@@ -73,6 +77,43 @@ class ContentAddressedStore:
         return sha256, self.put(io.BytesIO(data), sha256, extension)
 
     def _put_local(self, stream: IO[bytes], path: str) -> None:
+        if self._anonymous_files:
+            try:
+                self._put_local_anonymous(stream, path)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_ANONYMOUS_FILES:
+                    raise
+                self._anonymous_files = False  # this filesystem has no O_TMPFILE (NFS, some FUSE)
+        self._put_local_renamed(stream, path)
+
+    def _put_local_anonymous(self, stream: IO[bytes], path: str) -> None:
+        """Write a nameless file in the blob's directory, then give it its name in one link().
+
+        Readers never see a partial blob, a crash leaves no temporary file behind, and an existing
+        blob is never touched (link() refuses to replace it). No check beforehand either: on a
+        cache miss, which is nearly every put, that would be one more system call for nothing.
+        """
+        directory = path.rpartition("/")[0]
+        flags = os.O_WRONLY | _O_TMPFILE | _O_CLOEXEC
+        try:
+            fd = os.open(directory, flags, 0o644)
+        except FileNotFoundError:
+            # The shard directory does not exist yet. (Trying first and creating on failure costs
+            # less than checking first: in a store in use, nearly every directory exists.)
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(directory, flags, 0o644)
+        try:
+            _write_stream(fd, stream)
+            with contextlib.suppress(FileExistsError):  # the same bytes were stored before
+                # linkat(AT_SYMLINK_FOLLOW) through /proc is how a nameless file gets a name. Python
+                # calls linkat only when given a dir fd; an absolute path ignores it, so any will do.
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+        finally:
+            os.close(fd)
+
+    def _put_local_renamed(self, stream: IO[bytes], path: str) -> None:
+        """Where anonymous files are not supported: a hidden temporary name, then rename()."""
         if os.path.exists(path):
             return  # the same bytes were stored before (this run or an earlier one)
         directory, name = os.path.split(path)
@@ -83,19 +124,11 @@ class ContentAddressedStore:
         try:
             fd = os.open(temporary, flags, 0o644)
         except FileNotFoundError:
-            # The shard directory does not exist yet. (Trying first and creating on failure costs
-            # less than checking first: in a store in use, nearly every directory exists.)
             os.makedirs(directory, exist_ok=True)
             fd = os.open(temporary, flags, 0o644)
         try:
             try:
-                if isinstance(stream, io.BytesIO):
-                    with stream.getbuffer() as view:  # no copy of the body held in memory
-                        _write_all(fd, view)
-                else:
-                    stream.seek(0)
-                    while chunk := stream.read(COPY_CHUNK):
-                        _write_all(fd, chunk)
+                _write_stream(fd, stream)
             finally:
                 os.close(fd)
             os.replace(temporary, path)
@@ -106,10 +139,23 @@ class ContentAddressedStore:
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux only
+# What open(O_TMPFILE) raises where the filesystem cannot make nameless files.
+_NO_ANONYMOUS_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS})
 # Temporary names unique across processes and machines sharing a filesystem, without a random
 # draw (a system call) per blob.
 _WRITER_ID = uuid.uuid4().hex[:12]
 _temporary_numbers = itertools.count()
+
+
+def _write_stream(fd: int, stream: IO[bytes]) -> None:
+    if isinstance(stream, io.BytesIO):
+        with stream.getbuffer() as view:  # no copy of the body held in memory
+            _write_all(fd, view)
+    else:
+        stream.seek(0)
+        while chunk := stream.read(COPY_CHUNK):
+            _write_all(fd, chunk)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -111,7 +111,7 @@ CASES = {
     "connection closed mid-body": Case(
         on_server("/short-body.jpg"),
         Status.CONNECTION_ERROR,
-        ("broke after 1000 bytes of the body", "gave up after 3 attempts"),
+        ("broke during the body", "IncompleteRead(1000 bytes read", "gave up after 3 attempts"),
         attempts=3,
     ),
     "redirect loop": Case(

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -14,12 +15,29 @@ import pytest
 from include.harvest.storage import ContentAddressedStore
 
 
+@pytest.fixture(params=["anonymous file + link", "temporary name + rename"])
+def new_store(request: pytest.FixtureRequest) -> Callable[[Path], ContentAddressedStore]:
+    """Both ways a local blob is written: O_TMPFILE + link() (Linux), else a hidden name + rename()."""
+
+    def make(root: Path) -> ContentAddressedStore:
+        store = ContentAddressedStore(f"file://{root}")
+        if request.param.startswith("temporary"):
+            store._anonymous_files = False
+        else:
+            assert store._anonymous_files, "this Linux machine should support O_TMPFILE"
+        return store
+
+    return make
+
+
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def test_layout_is_sha256_sharded_with_the_sniffed_extension(tmp_path: Path) -> None:
-    store = ContentAddressedStore(f"file://{tmp_path}")
+def test_layout_is_sha256_sharded_with_the_sniffed_extension(
+    tmp_path: Path, new_store: Callable[[Path], ContentAddressedStore]
+) -> None:
+    store = new_store(tmp_path)
     data = b"\x89PNG pretend"
     sha256 = hashlib.sha256(data).hexdigest()
     returned_sha, uri = store.put_bytes(data, "png")
@@ -34,8 +52,10 @@ def test_a_plain_path_is_a_local_base(tmp_path: Path) -> None:
     assert uri.startswith(f"file://{tmp_path}/blobs/")
 
 
-def test_an_existing_blob_is_not_written_again(tmp_path: Path) -> None:
-    store = ContentAddressedStore(f"file://{tmp_path}")
+def test_an_existing_blob_is_not_written_again(
+    tmp_path: Path, new_store: Callable[[Path], ContentAddressedStore]
+) -> None:
+    store = new_store(tmp_path)
     _, uri = store.put_bytes(b"same bytes", "jpg")
     path = Path(uri.removeprefix("file://"))
     os.utime(path, (1, 1))
@@ -44,8 +64,10 @@ def test_an_existing_blob_is_not_written_again(tmp_path: Path) -> None:
     assert store.exists(hashlib.sha256(b"same bytes").hexdigest(), "jpg")
 
 
-def test_concurrent_writers_of_one_blob_leave_one_whole_file(tmp_path: Path) -> None:
-    store = ContentAddressedStore(f"file://{tmp_path}")
+def test_concurrent_writers_of_one_blob_leave_one_whole_file(
+    tmp_path: Path, new_store: Callable[[Path], ContentAddressedStore]
+) -> None:
+    store = new_store(tmp_path)
     data = os.urandom(3 * 1024 * 1024)
     uris: list[str] = []
     threads = [
@@ -80,8 +102,10 @@ class BreaksHalfway(io.RawIOBase):
         return len(buffer)
 
 
-def test_a_failed_write_leaves_nothing_visible(tmp_path: Path) -> None:
-    store = ContentAddressedStore(f"file://{tmp_path}")
+def test_a_failed_write_leaves_nothing_visible(
+    tmp_path: Path, new_store: Callable[[Path], ContentAddressedStore]
+) -> None:
+    store = new_store(tmp_path)
     sha256 = "ab" * 32
     with pytest.raises(OSError, match="disk went away"):
         store.put(BreaksHalfway(), sha256, "jpg")  # type: ignore[arg-type]
