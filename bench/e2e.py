@@ -21,6 +21,7 @@ created are dropped.
     python -m bench.e2e --quick                 # 2,000 URLs
     python -m bench.e2e                         # 20,000 URLs
     python -m bench.e2e --sweep                 # and Harvest over batch sizes 250..4000
+    python -m bench.e2e --sweep-threads         # and Harvest over fetch threads per batch 4..32
     python -m bench.e2e --urls 100000 --only harvest
     python -m bench.e2e --only harvest --profile            # py-spy the worker (pip install py-spy first)
     python -m bench.e2e --only harvest --worker-concurrency 2 --tag wc2
@@ -60,6 +61,9 @@ BROKER_DB, COORDINATION_DB = 8, 9
 DEFAULT_URLS = 20_000
 QUICK_URLS = 2_000
 SWEEP_BATCH_SIZES = (250, 500, 1000, 2000, 4000)
+# Fetch threads per batch task (the DAG's `concurrency` param, 32 by default). Raw picks its best
+# thread count on this machine; this shows what the same choice does for Harvest.
+SWEEP_THREADS = (4, 8, 16, 32)
 # All benchmark URLs are on one host; Harvest's default of 8 requests in flight per host (across
 # workers) is politeness for the open web, not a limit to measure against a local nginx.
 BENCH_PER_HOST_CONCURRENCY = 64
@@ -344,6 +348,7 @@ class HarvestBench:
         label: str,
         timeout: float,
         profile: Path | None = None,
+        threads: int | None = None,
     ) -> dict[str, Any]:
         """Trigger one run over ``urls``, wait for success, verify every row and file; return figures."""
         # Each run writes every blob: an earlier run's files would make storing free.
@@ -360,6 +365,8 @@ class HarvestBench:
         }
         if batch_size:
             conf["batch_size"] = batch_size
+        if threads:
+            conf["concurrency"] = threads
         run_id = f"bench_{label}_{uuid.uuid4().hex[:6]}"
         sampler = RssSampler(self.worker_pid())
         idle_rss = sampler.sample()
@@ -388,6 +395,7 @@ class HarvestBench:
             "run_id": run_id,
             "urls": len(urls),
             "batch_size": batch_size,
+            "threads": threads,
             "conf": conf,
             "worker_concurrency": self.stack.worker_concurrency,
             "airflow_env": dict(self.extra_env),
@@ -570,10 +578,18 @@ def _mb(value: int | None) -> str:
 def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     rates = {name: (report.get(name) or {}).get("urls_per_s") for name in ("raw", "chord", "harvest")}
     h = rates["harvest"]
-    return {
+    figures = {
         "harvest_over_raw": round(h / rates["raw"], 3) if h and rates["raw"] else None,
         "harvest_over_chord": round(h / rates["chord"], 2) if h and rates["chord"] else None,
     }
+    if report.get("thread_sweep"):
+        # Like raw, which keeps its best thread count: Harvest with its best `concurrency` param.
+        best = max(s["urls_per_s"] for s in report["thread_sweep"])
+        figures["best_threads_harvest_over_raw"] = round(best / rates["raw"], 3) if rates["raw"] else None
+        figures["best_threads_harvest_over_chord"] = (
+            round(best / rates["chord"], 2) if rates["chord"] else None
+        )
+    return figures
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -646,6 +662,25 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{s['timeline']['batch_queued_to_start_sum_s']:>14.1f}{_mb(s['peak_rss_bytes']):>11}"
                 f"  {'yes' if s['verify']['passed'] else 'NO'}"
             )
+    thread_sweep = report.get("thread_sweep")
+    if thread_sweep:
+        lines += [
+            "",
+            "fetch-threads sweep (harvest, default batch size):",
+            f"  {'threads':>7}{'URLs/s':>9}{'seconds':>9}{'worker CPU s':>14}{'peak RSS':>11}  ok",
+        ]
+        for s in thread_sweep:
+            lines.append(
+                f"  {s['threads']:>7}{s['urls_per_s']:>9.0f}{s['seconds']:>9.1f}"
+                f"{s['cpu_seconds'].get('worker', 0):>14.1f}{_mb(s['peak_rss_bytes']):>11}"
+                f"  {'yes' if s['verify']['passed'] else 'NO'}"
+            )
+        best = max(thread_sweep, key=lambda s: s["urls_per_s"])
+        raw = report.get("raw")
+        if raw:
+            lines.append(
+                f"  best: {best['threads']} threads, harvest/raw = {best['urls_per_s'] / raw['urls_per_s']:.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -662,11 +697,13 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     title_font, label_font, small_font = font(22), font(16), font(13)
     rows = [(n, report[n]["urls_per_s"]) for n in ("raw", "harvest", "chord") if report.get(n)]
     sweep = report.get("sweep") or []
+    thread_sweep = report.get("thread_sweep") or []
     width = 900
     bar_h, gap = 34, 14
     top = 70
     phases = _phases(report.get("harvest"))
     height = top + len(rows) * (bar_h + gap) + 60 + (len(sweep) * (bar_h - 8 + gap) + 70 if sweep else 0)
+    height += len(thread_sweep) * (bar_h - 8 + gap) + 70 if thread_sweep else 0
     height += 120 if phases else 0
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
@@ -686,7 +723,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     )
     colors = {"raw": "#8c8c8c", "harvest": "#2e7d32", "chord": "#c62828"}
     left, right = 110, width - 150
-    peak = max([v for _, v in rows] + [s["urls_per_s"] for s in sweep] + [1])
+    peak = max([v for _, v in rows] + [s["urls_per_s"] for s in sweep + thread_sweep] + [1])
     y = top
     for name, value in rows:
         w = int((right - left) * value / peak)
@@ -716,6 +753,17 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
                 fill="black",
                 font=small_font,
             )
+            y += bar_h - 8 + gap
+        y += 20
+    if thread_sweep:
+        d.text((20, y), "Harvest by fetch threads per batch (URLs/s)", fill="black", font=label_font)
+        y += 30
+        for s in thread_sweep:
+            w = int((right - left) * s["urls_per_s"] / peak)
+            d.text((20, y + 5), f"{s['threads']}", fill="black", font=label_font)
+            color = "#2e7d32" if s["threads"] == 32 else "#81c784"  # 32: the DAG's default
+            d.rectangle([left, y, left + max(w, 2), y + bar_h - 8], fill=color)
+            d.text((left + max(w, 2) + 8, y + 5), f"{s['urls_per_s']:,.0f}", fill="black", font=small_font)
             y += bar_h - 8 + gap
         y += 20
     if phases:
@@ -834,7 +882,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 timeout = max(600, count / 20)
                 profile = RESULTS_DIR.parent / "tmp" / f"profile-{count}.txt" if args.profile else None
                 report["harvest"] = bench.run(
-                    images, urls, batch_size=args.batch_size, label="main", timeout=timeout, profile=profile
+                    images,
+                    urls,
+                    batch_size=args.batch_size,
+                    threads=args.threads,
+                    label="main",
+                    timeout=timeout,
+                    profile=profile,
                 )
                 print(f"harvest: {report['harvest']['urls_per_s']:.0f} URLs/s", flush=True)
                 if args.sweep:
@@ -845,6 +899,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         figures = bench.run(images, urls, batch_size=size, label=f"b{size}", timeout=timeout)
                         report["sweep"].append(figures)
                         print(f"harvest batch_size={size}: {figures['urls_per_s']:.0f} URLs/s", flush=True)
+                if args.sweep_threads:
+                    report["thread_sweep"] = []
+                    for threads in SWEEP_THREADS:
+                        figures = bench.run(
+                            images,
+                            urls,
+                            batch_size=None,
+                            threads=threads,
+                            label=f"t{threads}",
+                            timeout=timeout,
+                        )
+                        report["thread_sweep"].append(figures)
+                        print(f"harvest threads={threads}: {figures['urls_per_s']:.0f} URLs/s", flush=True)
             finally:
                 bench.stop()
     report["ratios"] = ratios(report)
@@ -877,6 +944,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--worker-concurrency", type=int, default=None, help="Celery worker slots (default: the stack's)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fetch threads per batch of the main Harvest run (default: the DAG's)",
+    )
+    parser.add_argument(
+        "--sweep-threads",
+        action="store_true",
+        help="also run Harvest with 4, 8, 16 and 32 fetch threads per batch",
     )
     parser.add_argument(
         "--airflow-env",
