@@ -738,32 +738,39 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
         font=small_font,
     )
     y += 40
-    if sweep:
-        d.text((20, y), "Harvest by batch size (URLs/s)", fill="black", font=label_font)
+    default_batches = (report.get("harvest") or {}).get("timeline", {}).get("batch_count")
+    sections = [
+        (
+            "Harvest by batch size (URLs/s)",
+            [
+                (
+                    f"{s['batch_size']:,}",
+                    s["urls_per_s"],
+                    f"{s['urls_per_s']:,.0f} ({s['timeline']['batch_count']} batches)",
+                    s["timeline"]["batch_count"] == default_batches,
+                )
+                for s in sweep
+            ],
+        ),
+        (
+            "Harvest by fetch threads per batch (URLs/s)",
+            # 32 threads: the DAG's default
+            [
+                (str(s["threads"]), s["urls_per_s"], f"{s['urls_per_s']:,.0f}", s["threads"] == 32)
+                for s in thread_sweep
+            ],
+        ),
+    ]
+    for title, bars in sections:
+        if not bars:
+            continue
+        d.text((20, y), title, fill="black", font=label_font)
         y += 30
-        default = (report.get("harvest") or {}).get("timeline", {}).get("batch_count")
-        for s in sweep:
-            w = int((right - left) * s["urls_per_s"] / peak)
-            d.text((20, y + 5), f"{s['batch_size']:,}", fill="black", font=label_font)
-            color = "#2e7d32" if s["timeline"]["batch_count"] == default else "#81c784"
-            d.rectangle([left, y, left + max(w, 2), y + bar_h - 8], fill=color)
-            d.text(
-                (left + max(w, 2) + 8, y + 5),
-                f"{s['urls_per_s']:,.0f} ({s['timeline']['batch_count']} batches)",
-                fill="black",
-                font=small_font,
-            )
-            y += bar_h - 8 + gap
-        y += 20
-    if thread_sweep:
-        d.text((20, y), "Harvest by fetch threads per batch (URLs/s)", fill="black", font=label_font)
-        y += 30
-        for s in thread_sweep:
-            w = int((right - left) * s["urls_per_s"] / peak)
-            d.text((20, y + 5), f"{s['threads']}", fill="black", font=label_font)
-            color = "#2e7d32" if s["threads"] == 32 else "#81c784"  # 32: the DAG's default
-            d.rectangle([left, y, left + max(w, 2), y + bar_h - 8], fill=color)
-            d.text((left + max(w, 2) + 8, y + 5), f"{s['urls_per_s']:,.0f}", fill="black", font=small_font)
+        for label, value, caption, is_default in bars:
+            w = max(int((right - left) * value / peak), 2)
+            d.text((20, y + 5), label, fill="black", font=label_font)
+            d.rectangle([left, y, left + w, y + bar_h - 8], fill="#2e7d32" if is_default else "#81c784")
+            d.text((left + w + 8, y + 5), caption, fill="black", font=small_font)
             y += bar_h - 8 + gap
         y += 20
     if phases:

@@ -243,24 +243,16 @@ def _now_iso() -> str:
 
 
 class _Body:
-    """A response body being received: in memory, moved to a temporary file past
-    ``SPOOL_IN_MEMORY`` bytes; hashed and counted as it arrives."""
+    """A response body: received whole (``data``), or being received with :meth:`write`, in memory
+    and moved to a temporary file past ``SPOOL_IN_MEMORY`` bytes; hashed and counted as it arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: bytes = b"") -> None:
         # A plain BytesIO, not SpooledTemporaryFile: Pillow and storage read it many times in small
-        # pieces, and the wrapper's Python-level methods showed up in profiles.
-        self.file: IO[bytes] = io.BytesIO()
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    @classmethod
-    def of(cls, data: bytes) -> _Body:
-        """A body received whole: hashed in one call (which lets other threads run meanwhile)."""
-        body = cls.__new__(cls)
-        body.file = io.BytesIO(data)  # shares ``data``: no copy
-        body.hasher = hashlib.sha256(data)
-        body.size = len(data)
-        return body
+        # pieces, and the wrapper's Python-level methods showed up in profiles. It shares ``data``
+        # (no copy), and one sha256 call over a whole body lets other threads run meanwhile.
+        self.file: IO[bytes] = io.BytesIO(data)
+        self.hasher = hashlib.sha256(data)
+        self.size = len(data)
 
     def write(self, chunk: bytes) -> None:
         if self.size + len(chunk) > SPOOL_IN_MEMORY and isinstance(self.file, io.BytesIO):
@@ -748,47 +740,57 @@ class _Fetcher:
         return None
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, target: Target, deadline: float) -> _Body:
-        settings = self.settings
+        """The body, within the size cap and the total deadline.
+
+        Socket timeouts bound each read, not the whole body: the reaper shuts the socket down when
+        the deadline passes, whichever way the body is read.
+        """
         sock = getattr(getattr(response, "connection", None), "sock", None)
         # Identity was asked for: skip urllib3's decoder layer unless the server compressed anyway
         # (then the cap counts the decoded bytes).
         decode = response.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
         declared = response.headers.get("Content-Length")
-        # With a declared length, stop once it has arrived rather than asking again for the end.
         expected = int(declared) if declared and declared.isdigit() and not decode else -1
-        if 0 <= expected <= SPOOL_IN_MEMORY and sock is not None:
-            # The common case: a declared length already checked against the cap. One read does it
-            # in C; the total deadline is kept by the reaper instead of a loop of timed reads.
-            return self._read_declared(response, target, sock, expected, deadline)
+        entry = _reaper.watch(deadline, sock) if sock is not None else None
+        try:
+            if 0 <= expected <= SPOOL_IN_MEMORY:
+                return self._read_declared(response, target, expected, deadline)
+            return self._read_streamed(response, target, expected, decode, deadline)
+        finally:
+            if entry is not None:
+                _reaper.cancel(entry)
+
+    def _read_declared(
+        self, response: urllib3.BaseHTTPResponse, target: Target, expected: int, deadline: float
+    ) -> _Body:
+        """The common case: a declared length, already checked against the cap, read in one call.
+
+        (Without an amount, http.client reads straight into one bytes object, in C; with one, it
+        adds a buffer and a copy.)
+        """
+        try:
+            data = response.read(decode_content=False)
+        except (ProtocolError, HTTPError, OSError) as exc:
+            raise self._body_failure(exc, target, deadline, received=None) from exc
+        if len(data) != expected:
+            short = ProtocolError(f"the server sent {len(data)} of the {expected} bytes it declared")
+            raise self._body_failure(short, target, deadline, received=len(data))
+        return _Body(data)
+
+    def _read_streamed(
+        self, response: urllib3.BaseHTTPResponse, target: Target, expected: int, decode: bool, deadline: float
+    ) -> _Body:
+        """No length, a large one, or a compressed body: chunk by chunk, counting against the cap."""
+        settings = self.settings
         body = _Body()
         try:
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Timeout(
-                        f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT): "
-                        f"{body.size} bytes received from {target.host}, which is sending too slowly or endlessly"
-                    )
+                if time.monotonic() >= deadline:  # a body that never ends, arriving quickly
+                    raise self._body_failure(None, target, deadline, received=body.size)
                 try:
-                    if sock is not None and remaining < settings.read_timeout:
-                        # Never wait past the total deadline, even inside one read. (Only near the
-                        # deadline: each settimeout() costs system calls.)
-                        sock.settimeout(remaining)
                     chunk = response.read1(READ_CHUNK, decode_content=decode)
-                except ReadTimeoutError as exc:
-                    if time.monotonic() >= deadline - 0.01:
-                        raise Timeout(
-                            f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT): "
-                            f"{body.size} bytes received from {target.host}"
-                        ) from exc
-                    raise Timeout(
-                        f"{target.host} stopped sending the body for {settings.read_timeout:g}s "
-                        f"(HARVEST_READ_TIMEOUT) after {body.size} bytes"
-                    ) from exc
                 except (ProtocolError, HTTPError, OSError) as exc:
-                    raise ConnectionFailed(
-                        f"connection to {target.host} broke after {body.size} bytes of the body: {_reason(exc)}"
-                    ) from exc
+                    raise self._body_failure(exc, target, deadline, received=body.size) from exc
                 if not chunk:
                     return body
                 if body.size + len(chunk) > settings.max_bytes:
@@ -798,43 +800,30 @@ class _Fetcher:
                         http_status=response.status,
                     )
                 body.write(chunk)
-                if body.size == expected:
+                if body.size == expected:  # stop once it has arrived, without asking for the end
                     return body
         except BaseException:
             body.close()
             raise
 
-    def _read_declared(
-        self, response: urllib3.BaseHTTPResponse, target: Target, sock: object, expected: int, deadline: float
-    ) -> _Body:
+    def _body_failure(
+        self, exc: Exception | None, target: Target, deadline: float, *, received: int | None
+    ) -> DownloadError:
+        """What a read that failed (or the deadline) means for the URL, in words a person can act on."""
         settings = self.settings
-        entry = _reaper.watch(deadline, sock)
-        received = "some"
-        try:
-            # All of it: the declared length, already checked against the cap. (Without an amount,
-            # http.client reads straight into one bytes object; with one, it adds a buffer and a copy.)
-            data = response.read(decode_content=False)
-            received = str(len(data))
-            if len(data) != expected:
-                raise ProtocolError(f"the server sent {received} of the {expected} bytes it declared")
-        except ReadTimeoutError as exc:
-            raise Timeout(
+        got = f" after {received} bytes" if received is not None else ""
+        if time.monotonic() >= deadline - 0.01:  # the deadline passed, or the reaper cut the socket
+            return Timeout(
+                f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT){got}: "
+                f"{target.host} is sending too slowly or endlessly"
+            )
+        if isinstance(exc, ReadTimeoutError):
+            return Timeout(
                 f"{target.host} stopped sending the body for {settings.read_timeout:g}s "
-                f"(HARVEST_READ_TIMEOUT) before all {expected} declared bytes arrived"
-            ) from exc
-        except (ProtocolError, HTTPError, OSError) as exc:
-            if time.monotonic() >= deadline - 0.01:  # the reaper cut a body that came too slowly
-                raise Timeout(
-                    f"body not complete after {settings.total_timeout:g}s (HARVEST_TOTAL_TIMEOUT): "
-                    f"{received} of {expected} declared bytes received from {target.host}, which is "
-                    "sending too slowly"
-                ) from exc
-            raise ConnectionFailed(
-                f"connection to {target.host} broke during the body ({expected} bytes declared): {_reason(exc)}"
-            ) from exc
-        finally:
-            _reaper.cancel(entry)
-        return _Body.of(data)
+                f"(HARVEST_READ_TIMEOUT){got}"
+            )
+        assert exc is not None  # without an error, only the deadline leads here
+        return ConnectionFailed(f"connection to {target.host} broke during the body{got}: {_reason(exc)}")
 
 
 def _finish(response: urllib3.BaseHTTPResponse, *, read_to_end: bool) -> None:

@@ -37,7 +37,7 @@ class ContentAddressedStore:
         self.fs, root = fsspec.core.url_to_fs(base_uri, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self._local else root.rstrip("/")
-        # Nameless files linked into place (Linux): see _put_local_anonymous.
+        # Nameless files linked into place (Linux): see _link_into_place.
         self._anonymous_files = self._local and bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 
     def __repr__(self) -> str:
@@ -77,69 +77,73 @@ class ContentAddressedStore:
         return sha256, self.put(io.BytesIO(data), sha256, extension)
 
     def _put_local(self, stream: IO[bytes], path: str) -> None:
+        directory = path.rpartition("/")[0]
         if self._anonymous_files:
             try:
-                self._put_local_anonymous(stream, path)
-                return
+                fd = _open_in_shard(directory, directory, _ANONYMOUS_FILE_FLAGS)
             except OSError as exc:
                 if exc.errno not in _NO_ANONYMOUS_FILES:
                     raise
                 self._anonymous_files = False  # this filesystem has no O_TMPFILE (NFS, some FUSE)
-        self._put_local_renamed(stream, path)
+            else:
+                _link_into_place(fd, stream, path)
+                return
+        _rename_into_place(stream, path, directory)
 
-    def _put_local_anonymous(self, stream: IO[bytes], path: str) -> None:
-        """Write a nameless file in the blob's directory, then give it its name in one link().
 
-        Readers never see a partial blob, a crash leaves no temporary file behind, and an existing
-        blob is never touched (link() refuses to replace it). No check beforehand either: on a
-        cache miss, which is nearly every put, that would be one more system call for nothing.
-        """
-        directory = path.rpartition("/")[0]
-        flags = os.O_WRONLY | _O_TMPFILE | _O_CLOEXEC
-        try:
-            fd = os.open(directory, flags, 0o644)
-        except FileNotFoundError:
-            # The shard directory does not exist yet. (Trying first and creating on failure costs
-            # less than checking first: in a store in use, nearly every directory exists.)
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(directory, flags, 0o644)
+def _open_in_shard(directory: str, path: str, flags: int) -> int:
+    """``os.open(path)``, creating the shard directory that holds it on the first miss.
+
+    (Trying first and creating on failure costs less than checking first: in a store in use,
+    nearly every directory exists.)
+    """
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def _link_into_place(fd: int, stream: IO[bytes], path: str) -> None:
+    """Fill a nameless file (``fd``, opened with O_TMPFILE), then give it its name in one link().
+
+    Readers never see a partial blob, a crash leaves no temporary file behind, and an existing
+    blob is never touched (link() refuses to replace it). No check beforehand either: on a cache
+    miss, which is nearly every put, that would be one more system call for nothing.
+    """
+    try:
+        _write_stream(fd, stream)
+        with contextlib.suppress(FileExistsError):  # the same bytes were stored before
+            # linkat(AT_SYMLINK_FOLLOW) through /proc is how a nameless file gets a name. Python
+            # calls linkat only when given a dir fd; an absolute path ignores it, so any will do.
+            os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+    finally:
+        os.close(fd)
+
+
+def _rename_into_place(stream: IO[bytes], path: str, directory: str) -> None:
+    """Where nameless files are not supported: a hidden temporary name, then rename()."""
+    if os.path.exists(path):
+        return  # the same bytes were stored before (this run or an earlier one)
+    # Hidden, unique, same directory: the rename cannot cross filesystems and readers never
+    # see the name until the bytes are all there. Two writers of the same blob both succeed.
+    temporary = f"{directory}/.{path.rpartition('/')[2]}.{_WRITER_ID}-{next(_temporary_numbers)}.tmp"
+    fd = _open_in_shard(directory, temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC)
+    try:
         try:
             _write_stream(fd, stream)
-            with contextlib.suppress(FileExistsError):  # the same bytes were stored before
-                # linkat(AT_SYMLINK_FOLLOW) through /proc is how a nameless file gets a name. Python
-                # calls linkat only when given a dir fd; an absolute path ignores it, so any will do.
-                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
         finally:
             os.close(fd)
-
-    def _put_local_renamed(self, stream: IO[bytes], path: str) -> None:
-        """Where anonymous files are not supported: a hidden temporary name, then rename()."""
-        if os.path.exists(path):
-            return  # the same bytes were stored before (this run or an earlier one)
-        directory, name = os.path.split(path)
-        # Hidden, unique, same directory: the rename cannot cross filesystems and readers never
-        # see the name until the bytes are all there. Two writers of the same blob both succeed.
-        temporary = f"{directory}/.{name}.{_WRITER_ID}-{next(_temporary_numbers)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
-        try:
-            fd = os.open(temporary, flags, 0o644)
-        except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(temporary, flags, 0o644)
-        try:
-            try:
-                _write_stream(fd, stream)
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux only
+_ANONYMOUS_FILE_FLAGS = os.O_WRONLY | _O_TMPFILE | _O_CLOEXEC
 # What open(O_TMPFILE) raises where the filesystem cannot make nameless files.
 _NO_ANONYMOUS_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS})
 # Temporary names unique across processes and machines sharing a filesystem, without a random

@@ -117,13 +117,16 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
 
         return register
 
-    def send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, **headers: str) -> None:
+    def head(h: BaseHTTPRequestHandler, status: int, ctype: str, **headers: str) -> None:
+        """Status line and headers (``Content_Length=...`` becomes ``Content-Length``)."""
         h.send_response(status)
         h.send_header("Content-Type", ctype)
-        h.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             h.send_header(name.replace("_", "-"), value)
         h.end_headers()
+
+    def send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, **headers: str) -> None:
+        head(h, status, ctype, Content_Length=str(len(body)), **headers)
         h.wfile.write(body)
 
     static = {
@@ -175,10 +178,7 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
 
     @route("/drip.jpg")
     def drip(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(len(images.jpeg)))
-        h.end_headers()
+        head(h, 200, "image/jpeg", Content_Length=str(len(images.jpeg)))
         for byte in images.jpeg:
             if server_state.stop.wait(1.0):
                 return
@@ -198,10 +198,7 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
 
     @route("/endless")
     def endless(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
+        head(h, 200, "image/jpeg", Transfer_Encoding="chunked")
         h.wfile.write(b"400\r\n" + images.jpeg[:1024].ljust(1024, b"\0") + b"\r\n")
         while not server_state.stop.wait(0.01):
             h.wfile.write(b"400\r\n" + b"\0" * 1024 + b"\r\n")
@@ -209,18 +206,12 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
 
     @route("/huge-declared.jpg")
     def huge_declared(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(30 * 1024 * 1024))
-        h.end_headers()
+        head(h, 200, "image/jpeg", Content_Length=str(30 * 1024 * 1024))
         h.wfile.write(images.jpeg)
 
     @route("/huge-undeclared.jpg")
     def huge_undeclared(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Connection", "close")
-        h.end_headers()
+        head(h, 200, "image/jpeg", Connection="close")
         h.close_connection = True
         h.wfile.write(images.big_jpeg)
         for _ in range(64):  # 2 MiB past the image, no length announced
@@ -228,10 +219,7 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
 
     @route("/short-body.jpg")
     def short_body(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(len(images.jpeg)))
-        h.end_headers()
+        head(h, 200, "image/jpeg", Content_Length=str(len(images.jpeg)))
         h.wfile.write(images.jpeg[:1000])
         h.close_connection = True  # hangs up 1000 bytes into the promised body
 
