@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--urls", type=int, default=20_000, help="number of distinct JPEGs (default 20000)")
     parser.add_argument("--concurrency", type=int, default=32, help="threads on both sides (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="baseline/engine pairs (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="baseline/engine pairs (default 5: single rounds vary by ±10%%)"
+    )
     parser.add_argument("--nginx-workers", type=int, default=1)
     parser.add_argument(
         "--redis-url", default=None, help="coordinate per-host slots through this Redis (default: in-process)"
