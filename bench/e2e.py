@@ -676,11 +676,10 @@ def format_table(report: dict[str, Any]) -> str:
                 f"  {'yes' if s['verify']['passed'] else 'NO'}"
             )
         best = max(thread_sweep, key=lambda s: s["urls_per_s"])
-        raw = report.get("raw")
-        if raw:
-            lines.append(
-                f"  best: {best['threads']} threads, harvest/raw = {best['urls_per_s'] / raw['urls_per_s']:.2f}"
-            )
+        lines.append(
+            f"  best: {best['threads']} threads, harvest/raw = {rat.get('best_threads_harvest_over_raw')}, "
+            f"harvest/chord = {rat.get('best_threads_harvest_over_chord')}"
+        )
     return "\n".join(lines)
 
 
