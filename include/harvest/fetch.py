@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import hashlib
 import heapq
 import io
@@ -67,6 +68,7 @@ from include.harvest.errors import (
 )
 from include.harvest.guard import AddressGuard, Target, parse_target
 from include.harvest.hostlimits import HostLimits, host_limits_for
+from include.harvest.httpheaders import HTTPResponse
 from include.harvest.models import Result, Status
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
@@ -239,7 +241,16 @@ def _interleave_hosts(urls: list[str]) -> list[str]:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Now, as ``datetime.now(UTC).isoformat(timespec="milliseconds")`` writes it, in half the time
+    (every result of every thread asks for it)."""
+    now = time.time()
+    second = int(now)
+    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}+00:00"
+
+
+@functools.lru_cache(maxsize=1)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class _Body:
@@ -352,7 +363,10 @@ def _response_within_deadline(
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    """An urllib3 connection whose wait for the response headers ends at the total deadline."""
+    """An urllib3 connection whose wait for the response headers ends at the total deadline, and
+    whose response parses its headers without the email package (:mod:`.httpheaders`)."""
+
+    response_class = HTTPResponse
 
     def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
         return _response_within_deadline(self.sock, super().getresponse)
@@ -360,6 +374,8 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     """The HTTPS twin of :class:`_WatchedHTTPConnection`."""
+
+    response_class = HTTPResponse
 
     def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
         return _response_within_deadline(self.sock, super().getresponse)

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,6 +216,16 @@ def test_hostile_case_is_recorded_and_the_batch_goes_on(name: str, batch: Batch,
     if case.status is not Status.REJECTED:
         assert result.final_url and result.attempts >= 1
     assert_good_urls_ok(batch)
+
+
+def test_fetched_at_is_utc_iso_with_milliseconds(batch: Batch) -> None:
+    for result in batch.results:
+        assert result.fetched_at is not None
+        when = datetime.fromisoformat(result.fetched_at)
+        # The format of datetime.isoformat(timespec="milliseconds"), in UTC, within this test run.
+        assert result.fetched_at == when.isoformat(timespec="milliseconds")
+        assert when.utcoffset() == timedelta(0)
+        assert abs((datetime.now(UTC) - when).total_seconds()) < 3600
 
 
 def test_one_result_per_url_in_input_order(batch: Batch) -> None:
