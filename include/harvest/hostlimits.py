@@ -88,47 +88,80 @@ def slot(limits: HostLimits, host: str, *, deadline: float | None = None) -> Ite
             limits.release(lease)
 
 
+@dataclass(slots=True)
+class _LocalHost:
+    """A host's slots in use and the threads waiting for one (they wait on ``slot_freed``)."""
+
+    slot_freed: threading.Condition
+    in_use: int = 0
+    waiting: int = 0
+
+
 class LocalHostLimits:
-    """Slots and pauses for the threads of this process."""
+    """Slots and pauses for the threads of this process.
+
+    Each host has its own condition and a release wakes one thread waiting for that host. (Waking
+    every waiter at every release, with 32 threads on a host limited to 8, cost about a quarter of
+    the throughput against a fast server.)
+    """
 
     def __init__(self, per_host: int) -> None:
         if per_host < 1:
             raise ValueError(f"per-host concurrency must be at least 1, got {per_host}")
         self.per_host = per_host
-        self._condition = threading.Condition()
-        self._in_use: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _LocalHost] = {}  # hosts with a slot in use or a thread waiting
         self._paused_until: dict[str, float] = {}
 
     def acquire(self, host: str, *, deadline: float | None = None) -> Lease | None:
-        with self._condition:
+        with self._lock:
+            state = self._hosts.get(host)
+            if state is None:
+                state = self._hosts[host] = _LocalHost(threading.Condition(self._lock))
             while True:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
+                    if state.waiting and state.in_use < self.per_host:
+                        state.slot_freed.notify()  # a release may have woken this thread: pass it on
+                    self._forget_if_idle(host, state)
                     return None
                 wait = deadline - now if deadline is not None else None
                 pause_left = self._paused_until.get(host, 0.0) - now
+                timeout: float | None
                 if pause_left > 0:
-                    self._condition.wait(pause_left if wait is None else min(wait, pause_left))
-                elif self._in_use.get(host, 0) < self.per_host:
-                    self._in_use[host] = self._in_use.get(host, 0) + 1
+                    timeout = pause_left if wait is None else min(wait, pause_left)
+                elif state.in_use < self.per_host:
+                    state.in_use += 1
                     return Lease(host, "")
                 else:
-                    self._condition.wait(wait)
+                    timeout = wait
+                state.waiting += 1
+                try:
+                    state.slot_freed.wait(timeout)
+                finally:
+                    state.waiting -= 1
 
     def release(self, lease: Lease) -> None:
-        with self._condition:
-            self._in_use[lease.host] -= 1
-            if not self._in_use[lease.host]:
-                del self._in_use[lease.host]
-            self._condition.notify_all()
+        with self._lock:
+            state = self._hosts[lease.host]
+            state.in_use -= 1
+            if state.waiting:
+                state.slot_freed.notify()
+            else:
+                self._forget_if_idle(lease.host, state)
+
+    def _forget_if_idle(self, host: str, state: _LocalHost) -> None:
+        # Called with the lock held: a batch of millions of hosts must not keep one entry each.
+        if not state.in_use and not state.waiting:
+            del self._hosts[host]
 
     def pause(self, host: str, seconds: float) -> None:
-        with self._condition:
+        with self._lock:
             until = time.monotonic() + seconds
             self._paused_until[host] = max(until, self._paused_until.get(host, 0.0))
 
     def paused_for(self, host: str) -> float:
-        with self._condition:
+        with self._lock:
             return max(0.0, self._paused_until.get(host, 0.0) - time.monotonic())
 
     def flush(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from include.harvest import hostlimits
 from include.harvest.fetch import fetch_batch
 from include.harvest.hostlimits import HostLimits, LocalHostLimits, RedisHostLimits, slot
 from include.harvest.models import Status
@@ -78,6 +80,46 @@ def peak_concurrency(limits: HostLimits, host: str, workers: int) -> int:
 
 def test_local_slots_cap_requests_per_host() -> None:
     assert peak_concurrency(LocalHostLimits(per_host=2), "example.com", workers=8) == 2
+
+
+def test_a_release_wakes_one_waiting_thread_not_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 threads take turns on one slot: each turn wakes one waiter, not the whole queue."""
+    waits = itertools.count()
+
+    class CountingCondition(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            next(waits)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(hostlimits.threading, "Condition", CountingCondition)
+    limits = LocalHostLimits(per_host=1)
+    turns_per_thread = 20
+    turns = 0
+
+    def work() -> None:
+        nonlocal turns
+        for _ in range(turns_per_thread):
+            with slot(limits, "example.com", deadline=time.monotonic() + 30) as lease:
+                assert lease is not None
+                turns += 1
+                time.sleep(0.0005)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert turns == 16 * turns_per_thread
+    # Waking every waiter at each release gives about 16 waits per turn; one waiter, about one.
+    assert next(waits) <= 2 * turns
+
+
+def test_local_limits_forget_idle_hosts() -> None:
+    limits = LocalHostLimits(per_host=2)
+    for number in range(1000):
+        with slot(limits, f"host-{number}.example"):
+            pass
+    assert not limits._hosts  # a long batch over many hosts keeps no entry per host
 
 
 def test_local_pause_holds_one_host_only() -> None:
