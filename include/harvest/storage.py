@@ -53,7 +53,9 @@ class ContentAddressedStore:
 
     def uri_for(self, sha256: str, extension: str) -> str:
         """The URI recorded in results: ``file:///...`` locally, ``s3://bucket/...`` on S3."""
-        path = self.path_for(sha256, extension)
+        return self._uri(self.path_for(sha256, extension))
+
+    def _uri(self, path: str) -> str:
         return f"file://{path}" if self._local else self.fs.unstrip_protocol(path)
 
     def exists(self, sha256: str, extension: str) -> bool:
@@ -69,7 +71,7 @@ class ContentAddressedStore:
             stream.seek(0)
             # One PUT of the complete body: object stores never show a partial object.
             self.fs.pipe_file(path, stream.read())
-        return self.uri_for(sha256, extension)
+        return self._uri(path)
 
     def put_bytes(self, data: bytes, extension: str) -> tuple[str, str]:
         """Store ``data``; return ``(sha256, uri)``."""
@@ -100,7 +102,12 @@ def _open_in_shard(directory: str, path: str, flags: int) -> int:
     try:
         return os.open(path, flags, 0o644)
     except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.mkdir(directory)  # usually only the last level is missing: one call, not makedirs' three
+        except FileExistsError:
+            pass  # another writer made it meanwhile
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
         return os.open(path, flags, 0o644)
 
 
