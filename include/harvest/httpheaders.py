@@ -1,13 +1,14 @@
-"""Response headers parsed without the email package: what http.client builds, several times faster.
+"""Response headers parsed without the email package: what http.client builds, a third of the cost.
 
-http.client hands every response's header block to ``email.parser``, a general MIME parser that
-costs about 35 µs per response: the largest single cost of the engine's HTTP path, paid with the
-GIL held by every fetch thread. :func:`parse_headers` builds the same ``HTTPMessage`` directly,
-under the same rules as the stdlib (policy compat32, which http.client uses): the same line
-splitting (CR, LF or CRLF), folded lines kept as sent, a first line that is a continuation or a
-line with no name dropped as a defect, and a line that is not a header ending the block, the rest
-kept as unparsed payload (which urllib3 then logs). ``tests/include/test_httpheaders.py`` checks it
-against the stdlib on well-formed and hostile header blocks.
+http.client hands every response's header block to ``email.parser``, a general MIME parser: about
+34 µs for nginx's eight headers on the reference machine, the largest single cost of the engine's
+HTTP path, paid with the GIL held by every fetch thread. :func:`parse_headers` builds the same
+``HTTPMessage`` in about 10 µs, under the rules of the email parser with policy compat32 (what
+http.client uses): lines split at CR, LF or CRLF; folded lines kept as sent; a first line that is a
+continuation, a line with no name and an mbox ``From`` line dropped as defects; the block ends at
+the first line that is not a header, and what follows is kept as unparsed payload (urllib3 then
+logs it). ``tests/include/test_httpheaders.py`` checks it against the stdlib on clean, hostile and
+random header blocks.
 
 :class:`HTTPResponse` is http.client's response with this parser in place; everything else (status
 line, 1xx responses, Content-Length, chunked, keep-alive) stays the stdlib's own code.
