@@ -17,12 +17,16 @@ line, 1xx responses, Content-Length, chunked, keep-alive) stays the stdlib's own
 from __future__ import annotations
 
 import email.errors
+import functools
 import http.client
 import re
 import types
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any, TypeVar, cast
 
 __all__ = ["HTTPResponse", "parse_headers"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")  # one line and its end, as email.feedparser splits
 
@@ -93,13 +97,21 @@ def _lines(raw_lines: list[bytes]) -> list[str]:
     return [line.decode("iso-8859-1") for line in raw_lines if line]
 
 
+def _with_header_parser(function: F, parser: Callable[..., http.client.HTTPMessage]) -> F:
+    """``function``, a function of http.client, run with ``parser`` as its ``parse_headers``."""
+    replaced = types.FunctionType(
+        function.__code__,
+        {**function.__globals__, "parse_headers": parser},
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    return cast(F, functools.update_wrapper(replaced, function))
+
+
 class HTTPResponse(http.client.HTTPResponse):
     """http.client's response, reading its headers with :func:`parse_headers`."""
 
     # The stdlib's own begin(), run with parse_headers above in place of http.client's: nothing of
     # the response logic is copied, so it keeps every fix the stdlib gets.
-    begin = types.FunctionType(
-        http.client.HTTPResponse.begin.__code__,
-        {**vars(http.client), "parse_headers": parse_headers},
-        "begin",
-    )
+    begin = _with_header_parser(http.client.HTTPResponse.begin, parse_headers)
