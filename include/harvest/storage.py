@@ -103,7 +103,7 @@ def _open_in_shard(directory: str, path: str, flags: int) -> int:
         return os.open(path, flags, 0o644)
     except FileNotFoundError:
         try:
-            os.mkdir(directory)  # usually only the last level is missing: one call, not makedirs' three
+            os.mkdir(directory)  # usually only the last level is missing: no stat first, as makedirs does
         except FileExistsError:
             pass  # another writer made it meanwhile
         except FileNotFoundError:
