@@ -197,11 +197,18 @@ def main(argv: list[str] | None = None) -> int:
         "engine_median": round(statistics.median(engine_rates), 1),
         "ratio_median": round(statistics.median(engine_rates) / statistics.median(baseline_rates), 3),
         "ratio_best": round(max(engine_rates) / max(baseline_rates), 3),
+        # Each round's engine against the baseline run right next to it: the box's speed drifts by
+        # more than the gap between rounds, and adjacent runs share the same moment of it.
+        "ratios_paired": [round(e / b, 3) for e, b in zip(engine_rates, baseline_rates, strict=True)],
+        "ratio_paired_median": round(
+            statistics.median(e / b for e, b in zip(engine_rates, baseline_rates, strict=True)), 3
+        ),
         "engine_statuses_last_round": dict(statuses),
     }
     print(
         f"baseline {summary['baseline_median']} URLs/s, engine {summary['engine_median']} URLs/s, "
-        f"ratio {summary['ratio_median']} (median of {args.rounds}), {summary['ratio_best']} (best)"
+        f"ratio {summary['ratio_median']} (median of {args.rounds}), {summary['ratio_best']} (best), "
+        f"{summary['ratio_paired_median']} (median of the rounds' own ratios {summary['ratios_paired']})"
     )
     if not args.no_save:
         save(Path(args.output), summary)
