@@ -4,11 +4,11 @@ http.client hands every response's header block to ``email.parser``, a general M
 34-46 µs for nginx's eight headers on the reference machine (its speed drifts), the largest single
 cost of the engine's HTTP path, paid with the GIL held by every fetch thread. :func:`parse_headers`
 builds the same ``HTTPMessage`` in 10-20 µs, under the rules of the email parser with policy
-compat32 (what http.client uses): lines split at CR, LF or CRLF; folded lines kept as sent; a first line that is a
-continuation, a line with no name and an mbox ``From`` line dropped as defects; the block ends at
-the first line that is not a header, and what follows is kept as unparsed payload (urllib3 then
-logs it). ``tests/include/test_httpheaders.py`` checks it against the stdlib on clean, hostile and
-random header blocks.
+compat32 (what http.client uses): lines split at CR, LF or CRLF; folded lines kept as sent; a
+first line that is a continuation, a line with no name and an mbox ``From`` line dropped as
+defects; the block ends at the first line that is not a header, and what follows is kept as
+unparsed payload (urllib3 then logs it). ``tests/include/test_httpheaders.py`` checks it against
+the stdlib on clean, hostile and random header blocks.
 
 :class:`HTTPResponse` is http.client's response with this parser in place; everything else (status
 line, 1xx responses, Content-Length, chunked, keep-alive) stays the stdlib's own code.
