@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     for leftover in ("warmup", "out-baseline", "out-engine"):
         shutil.rmtree(out / leftover, ignore_errors=True)
 
+    # Each round's engine against the baseline run right next to it: the box's speed drifts by more
+    # than the gap between rounds, and adjacent runs share the same moment of it.
+    paired = [e / b for e, b in zip(engine_rates, baseline_rates, strict=True)]
     summary = {
         "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -197,12 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "engine_median": round(statistics.median(engine_rates), 1),
         "ratio_median": round(statistics.median(engine_rates) / statistics.median(baseline_rates), 3),
         "ratio_best": round(max(engine_rates) / max(baseline_rates), 3),
-        # Each round's engine against the baseline run right next to it: the box's speed drifts by
-        # more than the gap between rounds, and adjacent runs share the same moment of it.
-        "ratios_paired": [round(e / b, 3) for e, b in zip(engine_rates, baseline_rates, strict=True)],
-        "ratio_paired_median": round(
-            statistics.median(e / b for e, b in zip(engine_rates, baseline_rates, strict=True)), 3
-        ),
+        "ratios_paired": [round(ratio, 3) for ratio in paired],
+        "ratio_paired_median": round(statistics.median(paired), 3),
         "engine_statuses_last_round": dict(statuses),
     }
     print(
