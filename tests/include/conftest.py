@@ -223,6 +223,13 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
         h.wfile.write(images.jpeg[:1000])
         h.close_connection = True  # hangs up 1000 bytes into the promised body
 
+    @route("/stall-body.jpg")
+    def stall_body(h: BaseHTTPRequestHandler) -> None:
+        head(h, 200, "image/jpeg", Content_Length=str(len(images.jpeg)))
+        h.wfile.write(images.jpeg[:1000])
+        h.wfile.flush()
+        server_state.stop.wait(30)  # 1000 bytes into the promised body, silence (the line stays open)
+
     @route("/loop-a")
     def loop_a(h: BaseHTTPRequestHandler) -> None:
         send(h, 302, b"", "text/plain", Location="/loop-b")

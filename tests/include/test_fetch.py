@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from include.harvest.errors import Blocked, HttpError, TooLarge
 from include.harvest.fetch import fetch_batch, fetch_bytes
 from include.harvest.models import Result, Status
 from include.harvest.settings import FetchSettings
+from include.harvest.sockets import KernelTimeoutSocket
 from include.harvest.storage import ContentAddressedStore
 
 if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
@@ -113,6 +115,12 @@ CASES = {
         on_server("/short-body.jpg"),
         Status.CONNECTION_ERROR,
         ("broke during the body", "IncompleteRead(1000 bytes read", "gave up after 3 attempts"),
+        attempts=3,
+    ),
+    "body stalls half-way": Case(
+        on_server("/stall-body.jpg"),
+        Status.TIMEOUT,
+        ("stopped sending the body for 1.5s", "HARVEST_READ_TIMEOUT", "gave up after 3 attempts"),
         attempts=3,
     ),
     "redirect loop": Case(
@@ -427,3 +435,36 @@ def test_https_goes_to_the_checked_address_but_speaks_tls_for_the_real_name(
     assert results[1].status is Status.CONNECTION_ERROR and results[1].attempts == 1
     assert results[1].error and "TLS with 127.0.0.1" in results[1].error
     assert "certificate check" in results[1].error and "doesn't match 'localhost'" in results[1].error
+
+
+def test_https_keeps_its_read_timeout(
+    tls_server: TlsServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # TLS runs over Python's own socket timeouts (the kernel-kept ones are for plain TCP only).
+    monkeypatch.setenv("SSL_CERT_FILE", tls_server.cert_file)
+    settings = fast_settings.replace(allow_hosts=("localhost",), max_attempts=1)
+    [result] = fetch_batch([f"https://localhost:{tls_server.port}/silent.png"], settings, store=store)
+    assert result.status is Status.TIMEOUT
+    assert result.error and "sent no response within 1.5s (HARVEST_READ_TIMEOUT)" in result.error
+
+
+def test_plain_http_sets_socket_timeouts_once_per_connection_not_per_request(
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    applied: list[int] = []
+    apply = KernelTimeoutSocket._apply
+    monkeypatch.setattr(
+        KernelTimeoutSocket, "_apply", lambda sock, option: applied.append(option) or apply(sock, option)
+    )
+    urls = [hostile_server.url(f"/ok.png?n={n}") for n in range(20)]
+    results = fetch_batch(urls, fast_settings.replace(concurrency=1, per_host_concurrency=1), store=store)
+    assert [result.status for result in results] == [Status.OK] * 20
+    # One kept-alive connection for the 20 requests: its send and receive timeouts were set once
+    # each; every other call went straight to the kernel (include/harvest/sockets.py says why).
+    assert sorted(applied) == sorted([socket.SO_SNDTIMEO, socket.SO_RCVTIMEO])

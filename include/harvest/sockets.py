@@ -1,0 +1,107 @@
+"""Connected TCP sockets whose timeouts the kernel keeps, so a read or a write is one system call.
+
+A Python socket with a timeout is non-blocking underneath, and CPython ``poll()``\\ s before every
+``recv`` and ``send`` to wait for it. Each of those system calls releases the GIL, and in a process
+where tens of fetch threads take turns on it, each release hands the GIL to another thread: the
+polls made up a third of the engine's thread switches against a fast server (``bench.engine``).
+
+:class:`KernelTimeoutSocket` is a blocking socket instead, with ``SO_RCVTIMEO`` and ``SO_SNDTIMEO``
+set: a ``recv`` goes straight to the kernel, which gives up after the same timeout and returns
+EAGAIN; that is raised as the ``TimeoutError`` a Python timeout raises, so http.client and urllib3
+see no difference. ``settimeout`` keeps its meaning (the timeout of the calls that follow) and is
+applied to each direction the first time a call in that direction runs under a new value: urllib3
+sets the connect timeout before every request and the read timeout before every response, and
+with a change costing a system call, that would give back what the polls cost.
+
+Plain TCP only. The ssl module retries a blocking read that returns EAGAIN, so a TLS socket on top
+of this one would never time out; TLS connections keep Python's own timeouts.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = ["KernelTimeoutSocket"]
+
+
+class KernelTimeoutSocket(socket.socket):
+    """A connected, blocking TCP socket whose timeouts are kept by the kernel (see the module doc)."""
+
+    __slots__ = ("_timeout", "_receive_timeout", "_send_timeout")
+
+    _timeout: float | None
+    _receive_timeout: float | None  # what SO_RCVTIMEO holds
+    _send_timeout: float | None  # what SO_SNDTIMEO holds
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        super().settimeout(None)  # blocking: no poll() before each call
+        self._timeout = self._receive_timeout = self._send_timeout = None  # None: no timeout
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> KernelTimeoutSocket:
+        """Take over the connected ``sock``, its timeout included; ``sock`` must not be used again."""
+        timeout = sock.gettimeout()
+        adopted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        adopted.settimeout(timeout)
+        return adopted
+
+    def settimeout(self, value: float | None) -> None:
+        if value is not None and value <= 0:
+            # Zero means non-blocking to Python; nothing here needs it, and the kernel has no such timeout.
+            raise ValueError(f"a kernel-kept timeout must be positive or None, not {value!r}")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self._receive_timeout != self._timeout:
+            self._receive_timeout = self._apply(socket.SO_RCVTIMEO)
+        try:
+            return super().recv(bufsize, flags)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        if self._receive_timeout != self._timeout:
+            self._receive_timeout = self._apply(socket.SO_RCVTIMEO)
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        if self._send_timeout != self._timeout:
+            self._send_timeout = self._apply(socket.SO_SNDTIMEO)
+        try:
+            return super().send(data, flags)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        if self._send_timeout != self._timeout:
+            self._send_timeout = self._apply(socket.SO_SNDTIMEO)
+        try:
+            super().sendall(data, flags)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
+
+    def _apply(self, option: int) -> float | None:
+        self.setsockopt(socket.SOL_SOCKET, option, _timeval(self._timeout))
+        return self._timeout
+
+
+def _timeval(seconds: float | None) -> bytes:
+    """A ``struct timeval``; all zero means no timeout to the kernel, so a timeout is rounded up."""
+    microseconds = 0 if seconds is None else max(1, math.ceil(seconds * 1_000_000))
+    return _TIMEVAL.pack(*divmod(microseconds, 1_000_000))
+
+
+_TIMEVAL = struct.Struct("@ll")  # struct timeval { time_t tv_sec; suseconds_t tv_usec; } on Linux
