@@ -1,9 +1,9 @@
 """Connected TCP sockets whose timeouts the kernel keeps, so a read or a write is one system call.
 
-A Python socket with a timeout is non-blocking underneath, and CPython ``poll()``\\ s before every
-``recv`` and ``send`` to wait for it. Each of those system calls releases the GIL, and in a process
-where tens of fetch threads take turns on it, each release hands the GIL to another thread: the
-polls made up a third of the engine's thread switches against a fast server (``bench.engine``).
+A Python socket with a timeout is non-blocking underneath, and CPython calls ``poll()`` before
+every ``recv`` and ``send`` to wait for it. Each of those system calls releases the GIL, and in a
+process where tens of fetch threads take turns on it, each release hands the GIL to another thread:
+the polls made up a third of the engine's thread switches against a fast server (``bench.engine``).
 
 :class:`KernelTimeoutSocket` is a blocking socket instead, with ``SO_RCVTIMEO`` and ``SO_SNDTIMEO``
 set: a ``recv`` goes straight to the kernel, which gives up after the same timeout and returns
@@ -11,7 +11,7 @@ EAGAIN; that is raised as the ``TimeoutError`` a Python timeout raises, so http.
 see no difference. ``settimeout`` keeps its meaning (the timeout of the calls that follow) and is
 applied to each direction the first time a call in that direction runs under a new value: urllib3
 sets the connect timeout before every request and the read timeout before every response, and
-with a change costing a system call, that would give back what the polls cost.
+at a system call per change, that would give back much of what the polls cost.
 
 Plain TCP only. The ssl module retries a blocking read that returns EAGAIN, so a TLS socket on top
 of this one would never time out; TLS connections keep Python's own timeouts.
