@@ -353,6 +353,7 @@ class RedisHostLimits:
             self._fallback.release(lease)
             return
         now = time.monotonic()
+        start_sweeper = False
         with self._lock:
             held = self._in_use.pop(lease.token, None)
             keep = (
@@ -363,7 +364,10 @@ class RedisHostLimits:
             )
             if keep and held is not None:
                 self._idle.setdefault(lease.host, []).append(held)
-                self._start_sweeper()
+                start_sweeper = not self._sweeping
+                self._sweeping = True
+        if start_sweeper:
+            self._start_sweeper()
         if not keep:
             self._release_in_redis([(lease.host, lease.token)])
 
@@ -377,11 +381,12 @@ class RedisHostLimits:
         self._release_in_redis(held)
 
     def _start_sweeper(self) -> None:
-        # Called with the lock held. An idle slot must not sit in this process when it has no
-        # more requests for the host: a daemon thread hands stale ones back while any exist.
-        if not self._sweeping:
-            self._sweeping = True
-            threading.Thread(target=self._sweep, name="harvest-lease-sweeper", daemon=True).start()
+        # An idle slot must not sit in this process when it has no more requests for the host: a
+        # daemon thread hands stale ones back while any exist. Started outside the lock: starting
+        # a thread waits for it, and a thread waiting with the lock held makes every other thread
+        # queue on the lock, a convoy that then feeds itself (the lock's next owner waits for
+        # the GIL while holding it).
+        threading.Thread(target=self._sweep, name="harvest-lease-sweeper", daemon=True).start()
 
     def _sweep(self) -> None:
         while True:

@@ -152,6 +152,28 @@ def test_redis_slots_hold_across_instances(redis_client: Any, prefix: str) -> No
     assert peak_concurrency(shared(redis_client, prefix, per_host=3), "other.example", workers=9) == 3
 
 
+def test_the_lease_sweeper_is_started_outside_the_lock(
+    redis_client: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting a thread waits for it; doing that with the lock held queued every fetch thread on
+    the lock, a convoy that then fed itself (16,000 contended acquisitions per 10,000 URLs)."""
+    limits = shared(redis_client, prefix)
+    lock_held_at_start: list[bool] = []
+    start = threading.Thread.start
+
+    def spy(thread: threading.Thread) -> None:
+        if thread.name == "harvest-lease-sweeper":
+            lock_held_at_start.append(limits._lock.locked())
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", spy)
+    lease = limits.acquire("example.com")
+    assert lease is not None
+    limits.release(lease)  # kept for reuse: the sweeper starts to give it back once stale
+    assert lock_held_at_start == [False]
+    limits.flush()
+
+
 def test_a_killed_workers_slot_expires(redis_client: Any, prefix: str) -> None:
     crashed = shared(redis_client, prefix, per_host=1, lease_seconds=1)
     assert crashed.acquire("example.com") is not None  # never released: the worker "died"
