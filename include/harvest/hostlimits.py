@@ -197,6 +197,7 @@ return 1
 class _HeldLease:
     """A lease this process holds in Redis, free to be handed to another of its threads."""
 
+    host: str
     token: str
     taken_at: float  # time.monotonic() when Redis granted it
     uses: int = 0
@@ -208,9 +209,10 @@ class RedisHostLimits:
     A Redis round trip per request would cost more than the request itself on a fast server, so a
     process keeps a slot it was granted and hands it to its next request to the same host, for at
     most ``REUSE_SECONDS`` and ``MAX_REUSES`` requests; then it goes back to Redis, where other
-    workers compete for it. Pauses are read from Redis at most every ``PAUSE_CHECK_SECONDS`` per
-    host (and at once when this process sets one). The limit itself always holds: a reused slot
-    is still one of the ``per_host`` leases in Redis.
+    workers compete for it. Threads beyond the slots this process holds wait for one of them to be
+    released here, rather than asking Redis for a slot it cannot grant. Pauses are read from Redis
+    at most every ``PAUSE_CHECK_SECONDS`` per host (and at once when this process sets one). The
+    limit itself always holds: a reused slot is still one of the ``per_host`` leases in Redis.
     """
 
     REUSE_SECONDS = 1.0
@@ -241,7 +243,8 @@ class RedisHostLimits:
         self._lock = threading.Lock()
         self._idle: dict[str, list[_HeldLease]] = {}
         self._in_use: dict[str, _HeldLease] = {}
-        self._expired: list[tuple[str, str]] = []  # idle leases too old to reuse, to give back
+        self._held: dict[str, int] = {}  # host -> leases held (in use or idle) or being asked for
+        self._released: dict[str, threading.Condition] = {}  # host -> threads waiting for one of ours
         self._sweeping = False
         self._pause_seen: dict[str, tuple[float, float]] = {}  # host -> (checked at, paused until)
         # If Redis goes away mid-batch, keep fetching politely with this process's own limits.
@@ -276,11 +279,13 @@ class RedisHostLimits:
             with self._lock:
                 seen = self._pause_seen.get(host)
                 reusable = bool(self._idle.get(host))
+                # Redis cannot grant more than per_host leases, and this process holds them all.
+                holding_all = self._held.get(host, 0) >= self.per_host
             recent = seen is not None and now - seen[0] < self.PAUSE_CHECK_SECONDS
             if recent:
                 assert seen is not None
                 wait = seen[1] - now
-            elif reusable:
+            elif reusable or holding_all:
                 # About to skip Redis for this request: look at the pause key first.
                 wait = self._pause_left(host, now)
                 if not self._redis_up():
@@ -291,35 +296,53 @@ class RedisHostLimits:
                 lease = self._reuse(host, now) if reusable else None
                 if lease is not None:
                     return lease
-                token = uuid.uuid4().hex
-                try:
-                    granted = int(
-                        self._acquire(
-                            keys=[self.slots_key(host), self.pause_key(host)],
-                            args=[self.per_host, token, self.lease_ms],
-                        )
-                    )
-                except self._errors as exc:
-                    self._redis_failed(exc)
-                    return self._fallback.acquire(host, deadline=deadline)
-                now = time.monotonic()
-                if granted == 1:
-                    with self._lock:
-                        self._in_use[token] = _HeldLease(token, now, uses=1)
-                        self._pause_seen[host] = (now, 0.0)
-                    return Lease(host, token)
-                if granted < 0:
-                    wait = -granted / 1000
-                    with self._lock:
-                        self._pause_seen[host] = (now, now + wait)
+                if holding_all or not self._claim(host):
+                    holding_all = True
+                    wait = self.REUSE_SECONDS  # or until one of ours is released, which wakes us
                 else:
-                    # All slots taken elsewhere: poll with growing, jittered sleeps so waiting
-                    # workers do not hammer Redis in lock-step.
-                    wait = random.uniform(busy_wait / 2, busy_wait)
-                    busy_wait = min(busy_wait * 2, 0.2)
+                    token = uuid.uuid4().hex
+                    try:
+                        granted = int(
+                            self._acquire(
+                                keys=[self.slots_key(host), self.pause_key(host)],
+                                args=[self.per_host, token, self.lease_ms],
+                            )
+                        )
+                    except self._errors as exc:
+                        self._count_out([host])
+                        self._redis_failed(exc)
+                        return self._fallback.acquire(host, deadline=deadline)
+                    now = time.monotonic()
+                    if granted == 1:
+                        with self._lock:
+                            self._in_use[token] = _HeldLease(host, token, now, uses=1)
+                            self._pause_seen[host] = (now, 0.0)
+                        return Lease(host, token)
+                    self._count_out([host])
+                    if granted < 0:
+                        wait = -granted / 1000
+                        with self._lock:
+                            self._pause_seen[host] = (now, now + wait)
+                    else:
+                        # All slots taken elsewhere: poll with growing, jittered sleeps so waiting
+                        # workers do not hammer Redis in lock-step.
+                        wait = random.uniform(busy_wait / 2, busy_wait)
+                        busy_wait = min(busy_wait * 2, 0.2)
             if deadline is not None and now >= deadline:
                 return None
-            time.sleep(wait if deadline is None else max(0.0, min(wait, deadline - now)))
+            timeout = wait if deadline is None else max(0.0, min(wait, deadline - now))
+            self._wait_for_release(host, timeout, holding_all=holding_all)
+
+    def _wait_for_release(self, host: str, timeout: float, *, holding_all: bool) -> None:
+        """Sleep up to ``timeout``, or until another thread of this process releases a slot for
+        ``host``: threads beyond the slots this process holds wait here, not polling Redis."""
+        with self._lock:
+            if self._idle.get(host) or (holding_all and self._held.get(host, 0) < self.per_host):
+                return  # released between the look and now
+            released = self._released.get(host)
+            if released is None:
+                released = self._released[host] = threading.Condition(self._lock)
+            released.wait(timeout)
 
     def _pause_left(self, host: str, now: float) -> float:
         """Seconds the host is still paused, from a recent look at Redis (or a fresh one)."""
@@ -337,6 +360,8 @@ class RedisHostLimits:
         return seen[1] - now
 
     def _reuse(self, host: str, now: float) -> Lease | None:
+        stale: list[_HeldLease] = []
+        lease = None
         with self._lock:
             idle = self._idle.get(host)
             while idle:
@@ -344,9 +369,11 @@ class RedisHostLimits:
                 if now - held.taken_at < self.REUSE_SECONDS and held.uses < self.MAX_REUSES:
                     held.uses += 1
                     self._in_use[held.token] = held
-                    return Lease(host, held.token)
-                self._expired.append((host, held.token))  # too old: back to Redis (by the sweeper)
-        return None
+                    lease = Lease(host, held.token)
+                    break
+                stale.append(held)  # too old: back to Redis, where other workers compete for it
+        self._give_back(stale)
+        return lease
 
     def release(self, lease: Lease) -> None:
         if not lease.token:  # a slot of the local fallback
@@ -356,29 +383,67 @@ class RedisHostLimits:
         start_sweeper = False
         with self._lock:
             held = self._in_use.pop(lease.token, None)
+            if held is None:
+                return  # released twice: nothing left to give back
             keep = (
-                held is not None
-                and now - held.taken_at < self.REUSE_SECONDS
+                now - held.taken_at < self.REUSE_SECONDS
                 and held.uses < self.MAX_REUSES
                 and self._pause_seen.get(lease.host, (0.0, 0.0))[1] <= now
             )
-            if keep and held is not None:
+            if keep:
                 self._idle.setdefault(lease.host, []).append(held)
                 start_sweeper = not self._sweeping
                 self._sweeping = True
+                released = self._released.get(lease.host)
+                if released is not None:
+                    released.notify()  # a thread waiting for one of ours takes it
         if start_sweeper:
             self._start_sweeper()
         if not keep:
-            self._release_in_redis([(lease.host, lease.token)])
+            self._give_back([held])
+
+    def _give_back(self, leases: list[_HeldLease]) -> None:
+        """Return ``leases`` to Redis, then count them out of what this process holds.
+
+        In that order: a thread woken because this process holds fewer slots asks Redis for one at
+        once, and must find it free there.
+        """
+        if leases:
+            self._release_in_redis(leases)
+            self._count_out([held.host for held in leases])
+
+    def _claim(self, host: str) -> bool:
+        """Count a slot about to be asked for as held, unless this process has them all.
+
+        Redis never grants more than ``per_host``: when this process holds (or is asking for) that
+        many, its other threads wait for one of those instead of asking Redis in vain.
+        """
+        with self._lock:
+            held = self._held.get(host, 0)
+            if held >= self.per_host:
+                return False
+            self._held[host] = held + 1
+            return True
+
+    def _count_out(self, hosts: list[str]) -> None:
+        """One slot less held for each of ``hosts`` (given back, or refused by Redis)."""
+        with self._lock:
+            for host in hosts:
+                left = self._held[host] - 1
+                if left:
+                    self._held[host] = left
+                else:
+                    del self._held[host]
+                released = self._released.get(host)
+                if released is not None:
+                    released.notify()  # a thread waiting for one of ours may ask Redis now
 
     def flush(self) -> None:
         """Give every idle slot back to Redis (the end of a batch: other workers may use them)."""
         with self._lock:
-            held = [(host, h.token) for host, leases in self._idle.items() for h in leases]
-            held += self._expired
+            idle = [held for leases in self._idle.values() for held in leases]
             self._idle.clear()
-            self._expired = []
-        self._release_in_redis(held)
+        self._give_back(idle)
 
     def _start_sweeper(self) -> None:
         # An idle slot must not sit in this process when it has no more requests for the host: a
@@ -393,11 +458,10 @@ class RedisHostLimits:
             time.sleep(self.SWEEP_SECONDS)
             now = time.monotonic()
             with self._lock:
-                stale = self._expired
-                self._expired = []
+                stale: list[_HeldLease] = []
                 for host, leases in list(self._idle.items()):
                     fresh = [h for h in leases if now - h.taken_at < self.REUSE_SECONDS]
-                    stale += [(host, h.token) for h in leases if now - h.taken_at >= self.REUSE_SECONDS]
+                    stale += [h for h in leases if now - h.taken_at >= self.REUSE_SECONDS]
                     if fresh:
                         self._idle[host] = fresh
                     else:
@@ -405,20 +469,20 @@ class RedisHostLimits:
                 done = not self._idle
                 if done:
                     self._sweeping = False
-            self._release_in_redis(stale)
+            self._give_back(stale)
             if done:
                 return
 
-    def _release_in_redis(self, leases: list[tuple[str, str]]) -> None:
+    def _release_in_redis(self, leases: list[_HeldLease]) -> None:
         if not leases or not self._redis_up():
             return  # (leases expire on their own)
         try:
             if len(leases) == 1:
-                self.client.zrem(self.slots_key(leases[0][0]), leases[0][1])
+                self.client.zrem(self.slots_key(leases[0].host), leases[0].token)
             else:
                 pipe = self.client.pipeline(transaction=False)
-                for host, token in leases:
-                    pipe.zrem(self.slots_key(host), token)
+                for held in leases:
+                    pipe.zrem(self.slots_key(held.host), held.token)
                 pipe.execute()
         except self._errors as exc:
             self._redis_failed(exc)
