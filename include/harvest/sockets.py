@@ -62,40 +62,54 @@ class KernelTimeoutSocket(socket.socket):
         return self._timeout
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if self._receive_timeout != self._timeout:
-            self._receive_timeout = self._apply(socket.SO_RCVTIMEO)
-        try:
+        self._receiving()
+        with _EAGAIN_IS_TIMEOUT:
             return super().recv(bufsize, flags)
-        except BlockingIOError:
-            raise TimeoutError("timed out") from None
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        if self._receive_timeout != self._timeout:
-            self._receive_timeout = self._apply(socket.SO_RCVTIMEO)
-        try:
+        self._receiving()
+        with _EAGAIN_IS_TIMEOUT:
             return super().recv_into(buffer, nbytes, flags)
-        except BlockingIOError:
-            raise TimeoutError("timed out") from None
 
     def send(self, data: ReadableBuffer, flags: int = 0) -> int:
-        if self._send_timeout != self._timeout:
-            self._send_timeout = self._apply(socket.SO_SNDTIMEO)
-        try:
+        self._sending()
+        with _EAGAIN_IS_TIMEOUT:
             return super().send(data, flags)
-        except BlockingIOError:
-            raise TimeoutError("timed out") from None
 
     def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        if self._send_timeout != self._timeout:
-            self._send_timeout = self._apply(socket.SO_SNDTIMEO)
-        try:
+        self._sending()
+        with _EAGAIN_IS_TIMEOUT:
             super().sendall(data, flags)
-        except BlockingIOError:
+
+    def _receiving(self) -> None:
+        """Bring SO_RCVTIMEO up to the timeout (a system call, only when the timeout changed)."""
+        if self._receive_timeout != self._timeout:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
+            self._receive_timeout = self._timeout
+
+    def _sending(self) -> None:
+        """Bring SO_SNDTIMEO up to the timeout (a system call, only when the timeout changed)."""
+        if self._send_timeout != self._timeout:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self._timeout))
+            self._send_timeout = self._timeout
+
+
+class _EagainIsTimeout:
+    """Raises the ``TimeoutError`` of a Python timeout where the kernel's timeout ran out.
+
+    (A blocking call whose SO_RCVTIMEO or SO_SNDTIMEO passes fails with EAGAIN, which Python
+    raises as ``BlockingIOError``, and which ``socket.SocketIO`` would turn into a quiet "no data".)
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is BlockingIOError:
             raise TimeoutError("timed out") from None
 
-    def _apply(self, option: int) -> float | None:
-        self.setsockopt(socket.SOL_SOCKET, option, _timeval(self._timeout))
-        return self._timeout
+
+_EAGAIN_IS_TIMEOUT = _EagainIsTimeout()
 
 
 def _timeval(seconds: float | None) -> bytes:

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from include.harvest.settings import FetchSettings
+from include.harvest.sockets import KernelTimeoutSocket
 from include.harvest.storage import ContentAddressedStore
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
@@ -374,6 +375,21 @@ def fast_settings() -> FetchSettings:
         allow_hosts=("127.0.0.1",),
         progress_interval=1.0,
     )
+
+
+@pytest.fixture
+def socket_timeouts_set(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``SO_RCVTIMEO``/``SO_SNDTIMEO`` options set on kernel-timeout sockets, in order: each
+    is a system call that the sockets make only when a timeout changes."""
+    options: list[int] = []
+    setsockopt = KernelTimeoutSocket.setsockopt
+
+    def spy(sock: KernelTimeoutSocket, level: int, option: int, value: object) -> None:
+        options.append(option)
+        setsockopt(sock, level, option, value)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(KernelTimeoutSocket, "setsockopt", spy)
+    return options
 
 
 @pytest.fixture

@@ -56,19 +56,23 @@ def shared(
     return RedisHostLimits(redis_client, per_host=per_host, lease_seconds=lease_seconds, prefix=prefix)
 
 
-def peak_concurrency(limits: HostLimits, host: str, workers: int) -> int:
+def peak_concurrency(
+    limits: HostLimits, host: str, workers: int, *, requests: int = 1, hold: float = 0.05
+) -> int:
+    """The most slots held at once while ``workers`` threads each make ``requests`` requests."""
     in_flight, peak = 0, 0
     lock = threading.Lock()
 
     def work() -> None:
         nonlocal in_flight, peak
-        with slot(limits, host):
-            with lock:
-                in_flight += 1
-                peak = max(peak, in_flight)
-            time.sleep(0.05)
-            with lock:
-                in_flight -= 1
+        for _ in range(requests):
+            with slot(limits, host):
+                with lock:
+                    in_flight += 1
+                    peak = max(peak, in_flight)
+                time.sleep(hold)
+                with lock:
+                    in_flight -= 1
 
     threads = [threading.Thread(target=work) for _ in range(workers)]
     for thread in threads:
@@ -190,31 +194,10 @@ def test_threads_beyond_the_slots_held_wait_for_one_instead_of_asking_redis(
         return answer
 
     limits._acquire = counting_ask  # type: ignore[method-assign]
-    in_flight, peak, done = 0, 0, 0
-    count_lock = threading.Lock()
-
-    def work() -> None:
-        nonlocal in_flight, peak, done
-        for _ in range(25):
-            with slot(limits, "example.com", deadline=time.monotonic() + 10) as lease:
-                assert lease is not None
-                with count_lock:
-                    in_flight += 1
-                    peak = max(peak, in_flight)
-                time.sleep(0.002)
-                with count_lock:
-                    in_flight -= 1
-                    done += 1
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    assert peak_concurrency(limits, "example.com", workers=8, requests=25, hold=0.002) == 2
     limits.flush()
-    assert done == 200 and peak == 2
     assert answers and all(answer == 1 for answer in answers), answers  # never asked in vain
-    assert len(answers) <= 200 / 2  # and leases were handed between threads, not re-asked each time
+    assert len(answers) <= 8 * 25 / 2  # and leases were handed between threads, not re-asked each time
 
 
 def test_a_killed_workers_slot_expires(redis_client: Any, prefix: str) -> None:

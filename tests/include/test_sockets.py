@@ -86,16 +86,11 @@ def test_send_to_a_peer_that_never_reads_times_out(pair: tuple[KernelTimeoutSock
 
 
 def test_a_timeout_is_applied_per_direction_only_when_it_changes(
-    pair: tuple[KernelTimeoutSocket, socket.socket], monkeypatch: pytest.MonkeyPatch
+    pair: tuple[KernelTimeoutSocket, socket.socket], socket_timeouts_set: list[int]
 ) -> None:
     """urllib3 sets the connect timeout before each request and the read timeout before each
     response: in the steady state of a kept-alive connection that must cost no system call."""
     client, server = pair
-    applied: list[int] = []
-    apply = KernelTimeoutSocket._apply
-    monkeypatch.setattr(
-        KernelTimeoutSocket, "_apply", lambda self, option: applied.append(option) or apply(self, option)
-    )
     for _ in range(5):
         client.settimeout(5.0)  # urllib3: connect timeout, for sending the request
         client.sendall(b"GET / HTTP/1.1\r\n\r\n")
@@ -103,7 +98,7 @@ def test_a_timeout_is_applied_per_direction_only_when_it_changes(
         server.sendall(b"response")
         assert client.recv(64) == b"response"
         assert server.recv(64)
-    assert applied == [socket.SO_SNDTIMEO, socket.SO_RCVTIMEO]
+    assert socket_timeouts_set == [socket.SO_SNDTIMEO, socket.SO_RCVTIMEO]
     assert kernel_timeout(client, socket.SO_SNDTIMEO) == 5.0
     assert kernel_timeout(client, socket.SO_RCVTIMEO) == 10.0
     client.settimeout(None)
