@@ -300,27 +300,16 @@ class RedisHostLimits:
                     holding_all = True
                     wait = self.REUSE_SECONDS  # or until one of ours is released, which wakes us
                 else:
-                    token = uuid.uuid4().hex
                     try:
-                        granted = int(
-                            self._acquire(
-                                keys=[self.slots_key(host), self.pause_key(host)],
-                                args=[self.per_host, token, self.lease_ms],
-                            )
-                        )
+                        answer = self._ask_redis(host)
                     except self._errors as exc:
-                        self._count_out([host])
                         self._redis_failed(exc)
                         return self._fallback.acquire(host, deadline=deadline)
+                    if isinstance(answer, Lease):
+                        return answer
                     now = time.monotonic()
-                    if granted == 1:
-                        with self._lock:
-                            self._in_use[token] = _HeldLease(host, token, now, uses=1)
-                            self._pause_seen[host] = (now, 0.0)
-                        return Lease(host, token)
-                    self._count_out([host])
-                    if granted < 0:
-                        wait = -granted / 1000
+                    if answer < 0:
+                        wait = -answer / 1000
                         with self._lock:
                             self._pause_seen[host] = (now, now + wait)
                     else:
@@ -332,6 +321,32 @@ class RedisHostLimits:
                 return None
             timeout = wait if deadline is None else max(0.0, min(wait, deadline - now))
             self._wait_for_release(host, timeout, holding_all=holding_all)
+
+    def _ask_redis(self, host: str) -> Lease | int:
+        """Run the acquire script for the slot claimed for ``host`` (see :meth:`_claim`): the lease,
+        or the script's refusal (0: every slot is taken; negative: the host's pause, in ms).
+
+        A refused or failed ask gives the claim up; a Redis error is raised.
+        """
+        token = uuid.uuid4().hex
+        try:
+            granted = int(
+                self._acquire(
+                    keys=[self.slots_key(host), self.pause_key(host)],
+                    args=[self.per_host, token, self.lease_ms],
+                )
+            )
+        except BaseException:
+            self._count_out([host])
+            raise
+        if granted != 1:
+            self._count_out([host])
+            return granted
+        now = time.monotonic()
+        with self._lock:
+            self._in_use[token] = _HeldLease(host, token, now, uses=1)
+            self._pause_seen[host] = (now, 0.0)
+        return Lease(host, token)
 
     def _wait_for_release(self, host: str, timeout: float, *, holding_all: bool) -> None:
         """Sleep up to ``timeout``, or until another thread of this process releases a slot for
