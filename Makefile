@@ -23,9 +23,10 @@ stop:
 status: $(STAMP)
 	$(PY) -m scripts.stack status
 
-## test: set everything up, then lint, type-check and run the whole test suite (end to end included)
+## test: set everything up, then lint, type-check and run the whole test suite (end to end included);
+## ARGS narrows it, e.g. make test ARGS=tests/cluster/test_faults.py
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -163,6 +163,7 @@ def harvest() -> None:
             work_uri=uris["work_uri"],
             connect=hooks.results_db_connection,
             settings=_fetch_settings(params),
+            storage_uri=uris["storage_uri"],
         )
 
     @task
@@ -201,7 +202,11 @@ def harvest() -> None:
         from include.harvest import hooks, pipeline
 
         summary = pipeline.record(
-            _run_context(), manifest, batches or [], connect=hooks.results_db_connection
+            _run_context(),
+            manifest,
+            batches or [],
+            connect=hooks.results_db_connection,
+            keep_work_files=hooks.keep_work_files(),
         )
         print(summary.format())
         if manifest["outcome"] == "no_source":

@@ -4,9 +4,10 @@
     python3 scripts/compose_env.py --force    # generate new secrets in an existing .env
 
 A new ``.env`` starts as a copy of ``.env.example`` (so every variable compose reads is documented
-in it) with ``AIRFLOW_UID`` and the three secrets filled in. An existing ``.env`` is never
-overwritten: its lines are kept, and only missing or empty generated values are added. ``--force``
-replaces the generated values and keeps every other line.
+in it) with ``AIRFLOW_UID`` and the secrets filled in: Airflow's three, and the password of the
+optional RabbitMQ broker (compose checks it even when the ``rabbitmq`` profile is off). An existing
+``.env`` is never overwritten: its lines are kept, and only missing or empty generated values are
+added. ``--force`` replaces the generated values and keeps every other line.
 
 It also writes the SimpleAuthManager passwords file for the ``admin`` user if there is none, and
 prints that password once. Runs with the standard library alone (any python3), so it works before
@@ -48,6 +49,12 @@ def token() -> str:
     return secrets.token_urlsafe(48)
 
 
+def url_safe_password() -> str:
+    # Hex: written as is into HARVEST_BROKER_URL=amqp://harvest:<password>@..., and never starting
+    # with "-", which `rabbitmqctl change_password harvest <password>` would take for an option.
+    return secrets.token_hex(24)
+
+
 def airflow_uid() -> str:
     # Celery and Airflow should not run as root in the containers; a root user on the host can read
     # the files of uid 50000 anyway.
@@ -61,6 +68,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "AIRFLOW_FERNET_KEY": fernet_key,
     "AIRFLOW_JWT_SECRET": token,
     "AIRFLOW_API_SECRET_KEY": token,
+    "RABBITMQ_PASSWORD": url_safe_password,
 }
 
 
@@ -159,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 "New Fernet key: connections and variables encrypted with the old one can no longer be "
                 "read; re-enter them, or start over with `docker compose down -v`."
+            )
+        if existed and args.force and "RABBITMQ_PASSWORD" in changed:
+            print(
+                "New RABBITMQ_PASSWORD: a RabbitMQ volume created before keeps the old one. If you use the "
+                "rabbitmq profile, run `docker compose exec rabbitmq rabbitmqctl change_password harvest "
+                "<new password>` and update HARVEST_BROKER_URL."
             )
 
     password = write_passwords(args.passwords_file)

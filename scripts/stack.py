@@ -44,6 +44,32 @@ DEFAULT_PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 DEFAULT_REDIS_SERVER = "redis://127.0.0.1:6379"
 DEMO_PORT = 8765
 
+# How long a task instance may go without a heartbeat before the scheduler declares its worker
+# lost and retries it ([scheduler] task_instance_heartbeat_timeout; Airflow's default is 300 s).
+# Tasks heartbeat every 5 s, so 60 s is 12 missed beats: a worker machine that died is noticed
+# in about a minute instead of five, and a worker only stalled for more than a minute (swapping,
+# a frozen VM) loses its task to a retry, which is harmless here (batches resume, writes are
+# idempotent). The same value is in docker-compose.yaml.
+TASK_HEARTBEAT_TIMEOUT_S = 60
+# A task's calls to the api-server's Execution API ([workers] execution_api_timeout, default
+# 5 s). On two busy cores the first call of a run was seen to take longer and cost a task try;
+# 30 s rides out a busy api-server, and the retries (default 5, with back-off) stay as they are.
+EXECUTION_API_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One Celery worker of the stack, standing in for a worker machine.
+
+    ``name`` is its Celery node name (``--celery-hostname``) and the hostname its task instances
+    report; ``scratch`` is its own temporary folder, so workers share no local data: only the
+    storage URIs and the databases join them, as they would join machines.
+    """
+
+    name: str
+    log_port: int
+    scratch: Path | None = None
+
 
 class StackError(RuntimeError):
     """The stack cannot be set up or started; the message says what to do."""
@@ -94,6 +120,12 @@ class Stack:
     triggerer_log_port: int = 8794
     scheduler_health_port: int = 8974
     worker_concurrency: int = 4
+    # The Celery broker. Redis by default; any URL Celery accepts (amqp://... for RabbitMQ).
+    broker_url: str = field(default_factory=lambda: setting("HARVEST_BROKER_URL", ""))
+    # Celery queue of the stack's tasks: a private name keeps two stacks on one broker apart.
+    queue: str = "default"
+    # Extra workers (several machines); empty means the one worker "worker" on worker_log_port.
+    workers: tuple[Worker, ...] = ()
     demo_port: int | None = None  # serve data/demo/site on loopback (the bundled demo images)
     storage_uri: str = (REPO / "data" / "storage").as_uri()
     work_uri: str = (REPO / "data" / "work").as_uri()
@@ -101,6 +133,7 @@ class Stack:
     # The local stack fetches its demo from loopback, which the SSRF guard refuses by default.
     allow_hosts: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
+    _log_marks: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def isolated(
@@ -128,6 +161,9 @@ class Stack:
             "work_uri": (data / "work").as_uri(),
             "url_list_uri": (data / "url_lists").as_uri(),
             "allow_hosts": "127.0.0.1",
+            # Its own queue: stacks that share a broker (RabbitMQ's default vhost) never swap tasks.
+            "queue": f"{name}_{suffix}",
+            "broker_url": "",
         }
         return cls(**{**values, **overrides})
 
@@ -135,6 +171,14 @@ class Stack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"{self.redis_server}/{self.broker_db}"
+
+    @property
+    def celery_workers(self) -> tuple[Worker, ...]:
+        return self.workers or (Worker("worker", self.worker_log_port),)
 
     @property
     def metadata_url(self) -> str:
@@ -194,6 +238,22 @@ class Stack:
                 "Start it, or set HARVEST_REDIS_SERVER (in the environment or .env), "
                 "e.g. redis://host:6379."
             ) from exc
+        if self.broker_url:
+            self.check_broker()
+
+    def check_broker(self) -> None:
+        """The Celery broker answers (Redis or RabbitMQ alike, through kombu as Celery uses it)."""
+        from kombu import Connection
+
+        try:
+            with Connection(self.broker_url, connect_timeout=5) as conn:
+                conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # kombu raises the transport's own errors
+            raise StackError(
+                f"The Celery broker is not reachable at {_redacted(self.broker_url)} ({exc}).\n"
+                "Start it, or set HARVEST_BROKER_URL (in the environment or .env), e.g. "
+                "redis://host:6379/0 or amqp://user:password@host:5672//."
+            ) from exc
 
     def create_databases(self) -> None:
         import psycopg2
@@ -242,7 +302,7 @@ class Stack:
             # Shown once; afterwards it is only in the (ignored, 0600) password file.
             print(f"Airflow UI login: admin / {password}  (kept in {self.password_file})")
         keys = json.loads(secrets_file.read_text())
-        broker = f"{self.redis_server}/{self.broker_db}"
+        broker = self.celery_broker_url
         metadata = self.metadata_url.replace("postgresql://", "postgresql+psycopg2://", 1)
         config = f"""\
             # Generated by scripts/stack.py for this local stack. Holds secrets: never commit.
@@ -259,6 +319,14 @@ class Stack:
             simple_auth_manager_passwords_file = {self.password_file}
             parallelism = 32
             max_active_tasks_per_dag = 16
+            # HARVEST_HOSTNAME when set (one per worker when several share this machine), else the FQDN.
+            hostname_callable = include.harvest.hooks.machine_hostname
+
+            [operators]
+            default_queue = {self.queue}
+
+            [workers]
+            execution_api_timeout = {EXECUTION_API_TIMEOUT_S}
 
             [database]
             sql_alchemy_conn = {metadata}
@@ -286,6 +354,8 @@ class Stack:
             # run waits for one: 0.1 s cut the idle time between a run's tasks from 2.5-4.3 s to
             # 0.5-0.9 s (bench/e2e.py) for ~2 scheduler CPU-seconds per 20,000-URL run.
             scheduler_idle_sleep_time = 0.1
+            # A lost worker's tasks are retried after this long without a heartbeat (default 300).
+            task_instance_heartbeat_timeout = {TASK_HEARTBEAT_TIMEOUT_S}
 
             [dag_processor]
             refresh_interval = 10
@@ -338,8 +408,19 @@ class Stack:
             "scheduler": f"{airflow} scheduler",
             "dag-processor": f"{airflow} dag-processor",
             "triggerer": f"{airflow} triggerer",
-            "worker": f"{airflow} celery worker --concurrency {self.worker_concurrency}",
         }
+        program_env: dict[str, dict[str, str]] = {}
+        for worker in self.celery_workers:
+            commands[worker.name] = (
+                f"{airflow} celery worker --concurrency {self.worker_concurrency} "
+                f"--celery-hostname {worker.name}@%(host_node_name)s --queues {self.queue}"
+            )
+            program_env[worker.name] = {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker.log_port)}
+            if self.workers:  # several workers on one machine: each reports its own hostname
+                program_env[worker.name]["HARVEST_HOSTNAME"] = worker.name
+            if worker.scratch:
+                worker.scratch.mkdir(parents=True, exist_ok=True)
+                program_env[worker.name]["TMPDIR"] = str(worker.scratch)
         if self.flower_port:
             commands["flower"] = f"{airflow} celery flower --port {self.flower_port} --hostname 127.0.0.1"
         if self.demo_port:
@@ -347,10 +428,11 @@ class Stack:
             commands["demo-images"] = (
                 f"{sys.executable} -m http.server {self.demo_port} --bind 127.0.0.1 --directory {site}"
             )
-        env = ",".join(f'{k}="{v}"' for k, v in self.environment().items())
+        env = _supervisor_environment(self.environment())
         logs = self.home / "logs"
         sections = [
-            f"""\
+            textwrap.dedent(
+                f"""\
             [unix_http_server]
             file = {self.home / "supervisor.sock"}
             chmod = 0700
@@ -368,9 +450,10 @@ class Stack:
             childlogdir = {logs}
             environment = {env}
             """
+            )
         ]
         for name, command in commands.items():
-            sections.append(
+            section = textwrap.dedent(
                 f"""\
                 [program:{name}]
                 command = {command}
@@ -385,7 +468,10 @@ class Stack:
                 stopwaitsecs = 30
                 """
             )
-        return "\n".join(textwrap.dedent(s) for s in sections)
+            if name in program_env:  # added to supervisord's own environment for this program only
+                section += f"environment = {_supervisor_environment(program_env[name])}\n"
+            sections.append(section)
+        return "\n".join(sections)
 
     def running_pid(self) -> int | None:
         try:
@@ -404,6 +490,7 @@ class Stack:
             return pid
         conf = self.home / "supervisord.conf"
         conf.write_text(self.supervisor_config())
+        self._mark_logs()
         log = open(self.home / "logs" / "supervisord.out", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [str(VENV_BIN / "supervisord"), "-c", str(conf)],
@@ -469,8 +556,43 @@ class Stack:
         return states
 
     def worker_ready(self) -> bool:
-        log = self.home / "logs" / "worker.log"
-        return log.exists() and "ready." in log.read_text(errors="replace")
+        """Every worker logged Celery's "ready." since the stack was last started."""
+        return all(self._logged_since_start(worker.name, "ready.") for worker in self.celery_workers)
+
+    def _logged_since_start(self, program: str, text: str) -> bool:
+        log = self.home / "logs" / f"{program}.log"
+        if not log.exists():
+            return False
+        with log.open("rb") as f:
+            f.seek(self._log_marks.get(program, 0))
+            return text.encode() in f.read()
+
+    def _mark_logs(self) -> None:
+        """Remember where each program's log ends, so a restart is judged by what it logs next."""
+        logs = self.home / "logs"
+        self._log_marks = {path.stem: path.stat().st_size for path in logs.glob("*.log") if path.is_file()}
+
+    def program_pid(self, name: str) -> int:
+        """The pid supervisord started a program with (the leader of its process group)."""
+        proc = subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(self.home / "supervisord.conf"), "pid", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        try:
+            return int(proc.stdout.strip())
+        except ValueError:
+            raise StackError(f"no pid for program {name}: {proc.stdout.strip()}") from None
+
+    def restart(self, timeout: float = 300, **changes: Any) -> None:
+        """Stop every process, apply ``changes`` (e.g. ``broker_url=...``), start again, wait healthy."""
+        self.stop()
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.write_config()
+        self.start()
+        self.wait_healthy(timeout=timeout)
 
     def stop(self, timeout: float = 60) -> bool:
         """Stop supervisord and everything under it, by pid. Return True if something was running."""
@@ -492,6 +614,32 @@ class Stack:
         psutil.wait_procs(alive, timeout=10)
         self.pidfile.unlink(missing_ok=True)
         return True
+
+
+def _supervisor_environment(values: dict[str, str]) -> str:
+    """An ``environment=`` value for supervisord.
+
+    supervisord expands ``%(name)s`` in it, so a literal ``%`` (a URL-encoded password) is doubled.
+    It splits the value with a non-POSIX shlex: no escapes, a quoted token keeps its quotes, so a
+    value is wrapped in the one kind of quote it does not contain.
+    """
+
+    def quoted(key: str, value: str) -> str:
+        quote = '"' if '"' not in value else "'"
+        if quote in value or value[-1:] in ("'", '"'):
+            raise StackError(f"{key} holds both kinds of quote, which supervisord cannot pass on")
+        return quote + value.replace("%", "%%") + quote
+
+    return ",".join(f"{key}={quoted(key, value)}" for key, value in values.items())
+
+
+def _redacted(url: str) -> str:
+    """A URL with its password replaced, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,11 @@ The hierarchy (each class maps to one status; the message is meant for a person 
         └── InvalidContent              not an acceptable image                    -> invalid_content
 
 Low-level errors (urllib3, socket, Pillow) are re-raised as one of these ``from`` the original.
+
+One error is about the deployment, not a URL, and stops a run before anything is downloaded::
+
+    StorageUnavailable                  a storage, work or list URI cannot be used: missing bucket,
+                                        refused credentials, unreachable endpoint, unwritable folder
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "Rejected",
     "RetryableError",
     "RetryableHttpStatus",
+    "StorageUnavailable",
     "Timeout",
     "TooLarge",
     "TlsFailed",
@@ -138,6 +144,15 @@ class InvalidContent(PermanentError):
     """The body is not an acceptable image: wrong type, truncated, or too many pixels."""
 
     status = Status.INVALID_CONTENT
+
+
+class StorageUnavailable(Exception):
+    """A storage, work or list URI cannot be used; the message names the URI, its setting and the fix."""
+
+    def __init__(self, message: str, *, uri: str, setting: str) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.setting = setting
 
 
 def describe_bytes(size: int) -> str:

@@ -101,11 +101,17 @@ def fetch_batch(
     previous: Mapping[str, Result] | None = None,
     log: logging.Logger | None = None,
     limits: HostLimits | None = None,
+    on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Fetch, verify and store every URL; return one :class:`Result` per URL, in input order.
 
     ``previous`` maps a URL to its last result, for conditional requests (ETag / Last-Modified).
     ``limits`` replaces the per-host limits built from ``settings`` (tests, custom coordination).
+    ``on_result`` is called with each result as soon as its URL is finished, once per *unique* URL
+    (a URL listed twice is fetched and reported once), from the fetch threads, concurrently: it must
+    be thread-safe and cheap (it delays that thread's next URL). Checkpoints use it
+    (:mod:`.checkpoints`). If it raises, the batch stops and the error is raised, like a storage
+    failure.
     """
     log = log or _module_log
     started = time.monotonic()
@@ -117,7 +123,7 @@ def fetch_batch(
         log.info("%d duplicate URLs in this batch: each is fetched once", len(urls) - len(unique))
     try:
         if unique:
-            _run_all(fetcher, unique, store, previous or {}, deadline, results, log, started)
+            _run_all(fetcher, unique, store, previous or {}, deadline, results, log, started, on_result)
     finally:
         fetcher.close()
     ordered: list[Result] = []
@@ -158,6 +164,7 @@ def _run_all(
     results: dict[str, Result],
     log: logging.Logger,
     started: float,
+    on_result: Callable[[Result], None] | None = None,
 ) -> None:
     """``concurrency`` threads pull URLs from one queue and file their results; this thread only
     wakes up to report progress.
@@ -182,7 +189,10 @@ def _run_all(
                     url = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[url] = fetcher.fetch_one(url, store, previous.get(url), deadline)
+                result = fetcher.fetch_one(url, store, previous.get(url), deadline)
+                results[url] = result
+                if on_result is not None:
+                    on_result(result)
         except BaseException as exc:  # storage failure: the batch stops and the error is raised
             errors.append(exc)
             stop.set()

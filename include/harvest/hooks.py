@@ -7,10 +7,17 @@ this module builds (a connection factory, URIs, settings).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_CONN_ID", "deployment_uris", "results_db_connection"]
+__all__ = [
+    "RESULTS_CONN_ID",
+    "deployment_uris",
+    "keep_work_files",
+    "machine_hostname",
+    "results_db_connection",
+]
 
 RESULTS_CONN_ID = "harvest_db"
 
@@ -31,3 +38,26 @@ def deployment_uris() -> dict[str, str]:
         "storage_uri": os.environ.get("HARVEST_STORAGE_URI") or (_REPO_DATA / "storage").as_uri(),
         "work_uri": os.environ.get("HARVEST_WORK_URI") or (_REPO_DATA / "work").as_uri(),
     }
+
+
+def keep_work_files(environ: Mapping[str, str] | None = None) -> bool:
+    """``HARVEST_KEEP_WORK_FILES``: keep a run's work folder after its results are recorded (debugging).
+
+    ``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``); unset or empty is false.
+    """
+    from include.harvest.settings import _parse  # the one parser of HARVEST_* switches, same wording
+
+    raw = (os.environ if environ is None else environ).get("HARVEST_KEEP_WORK_FILES", "").strip()
+    return bool(_parse("keep_work_files", raw, bool)) if raw else False
+
+
+def machine_hostname() -> str:
+    """The hostname task instances report (``[core] hostname_callable``).
+
+    ``HARVEST_HOSTNAME`` when set, else Airflow's default (the machine's FQDN). The local stack
+    sets it per Celery worker when several run on one machine, so the UI and the tests can tell
+    which worker ran a batch, as they could tell two machines apart.
+    """
+    from airflow.utils.net import getfqdn
+
+    return os.environ.get("HARVEST_HOSTNAME") or getfqdn()

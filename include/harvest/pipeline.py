@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import closing
-from dataclasses import dataclass
+from contextlib import closing, nullcontext
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
 from include.harvest import planning, results, sources
 from include.harvest.models import Result, Status
+from include.harvest.objectstore import check_access
 from include.harvest.settings import FetchSettings
 from include.harvest.workfiles import RunWorkspace, read_items, read_results, write_items, write_results
 
@@ -56,6 +57,11 @@ class RunContext:
         return RunWorkspace(work_uri, self.dag_run_id)
 
 
+def _reads_dated_list(urls: str | list[str] | None, source: str | None) -> bool:
+    """Whether the run reads the list for its date under ``HARVEST_URL_LIST_URI``."""
+    return not urls and source in (None, "", "file")
+
+
 def _read_source(
     ctx: RunContext,
     *,
@@ -67,7 +73,7 @@ def _read_source(
 ) -> sources.SourceRead:
     if urls:
         return sources.parse_manual(urls)
-    if source in (None, "", "file"):
+    if _reads_dated_list(urls, source):
         return sources.read_list_for_date(list_base_uri, ctx.list_date)
     if source == "table":
         with closing(connect()) as conn:
@@ -91,16 +97,29 @@ def read_sources(
     work_uri: str,
     connect: Connect,
     settings: FetchSettings,
+    storage_uri: str | None = None,
 ) -> dict[str, Any]:
     """Read, normalise and de-duplicate the run's URLs into the workspace; return the manifest.
+
+    First, before anything is read, the run's URIs are checked (:func:`.objectstore.check_access`):
+    storage (``storage_uri``, when given) and work files must be writable, and the list folder
+    readable when the run reads the date's list. A missing bucket, refused credentials or an
+    unreachable endpoint stop the run here with a :class:`~.errors.StorageUnavailable` naming the
+    URI and what to fix, not after the downloads.
 
     A missing list file for the date is not an error of the pipeline: the manifest says
     ``outcome = "no_source"`` with the paths looked at, and the reduce records that reason.
     """
+    if storage_uri is not None:
+        check_access(storage_uri, setting="HARVEST_STORAGE_URI", write=True)
+    check_access(work_uri, setting="HARVEST_WORK_URI", write=True)
+    if _reads_dated_list(urls, source):
+        check_access(list_base_uri, setting="HARVEST_URL_LIST_URI", write=False)
     workspace = ctx.workspace_for(work_uri)
     manifest: dict[str, Any] = {
         "run_key": ctx.run_key,
         "list_date": ctx.list_date.isoformat(),
+        "work_uri": work_uri,  # where the reduce finds the run's folder to delete
         "items_uri": workspace.items_uri,
         "rejected_uri": workspace.rejected_uri,
     }
@@ -158,6 +177,7 @@ def plan(
                 "index": index,
                 "uri": uri,
                 "results_uri": workspace.results_uri(index),
+                "partial_uri": workspace.partial_uri(index),
                 "urls": len(batch),
                 "label": f"batch {index + 1}/{len(batches)} · {planning.describe_batch(batch)}",
             }
@@ -174,35 +194,71 @@ def download(
     connect: Connect,
     use_previous: bool = True,
 ) -> dict[str, Any]:
-    """Fetch one batch and write its results file; return the batch's counts."""
+    """Fetch one batch and write its results file; return the batch's counts.
+
+    Finished results are checkpointed while the batch runs (:mod:`.checkpoints`). A retry of an
+    attempt that was killed or failed reuses every result of it whose blob is in the store, and
+    fetches only the other URLs.
+    """
+    from include.harvest import checkpoints
     from include.harvest.fetch import fetch_batch
     from include.harvest.storage import ContentAddressedStore
 
     started = time.monotonic()
     items = read_items(batch["uri"])
     urls = [item.url for item in items]
+    store = ContentAddressedStore(storage_uri)
+    # A results file left by an earlier attempt that got that far (killed before Airflow saved its
+    # return value) is not reused: the batch is computed again, from the checkpoints if any are
+    # left. Reusing it would also skip the downloads of a whole run that was cleared to fetch again,
+    # whose new plan may hold other URLs. Either way the file ends with one result per URL,
+    # replaced atomically, and the reduce upserts: the same rows.
+    partial_uri: str | None = batch.get("partial_uri")  # absent from batches planned before checkpoints
+    earlier = checkpoints.load_checkpoint(partial_uri, log=log) if partial_uri else {}
+    reused = checkpoints.reusable_results(earlier, urls, store) if earlier else {}
+    to_fetch = [url for url in urls if url not in reused]
+    if earlier:
+        log.info(
+            "resuming: %d URLs already stored by an earlier attempt, %d to fetch", len(reused), len(to_fetch)
+        )
     previous: dict[str, Result] = {}
-    if use_previous and settings.conditional_requests:
+    if to_fetch and use_previous and settings.conditional_requests:
         with closing(connect()) as conn:
-            previous = results.load_previous(conn, urls)
-    fetched = fetch_batch(
-        urls, settings, store=ContentAddressedStore(storage_uri), previous=previous, log=log
-    )
-    if len(fetched) != len(items):  # the engine's contract; a silent drop would lose URLs
-        raise RuntimeError(f"fetch_batch returned {len(fetched)} results for {len(items)} URLs")
-    for item, result in zip(items, fetched, strict=True):
+            previous = results.load_previous(conn, to_fetch)
+    checkpoint = checkpoints.BatchCheckpoint(partial_uri, log=log) if partial_uri else None
+    with checkpoint or nullcontext():
+        fetched = fetch_batch(
+            to_fetch,
+            settings,
+            store=store,
+            previous=previous,
+            log=log,
+            on_result=checkpoint.add if checkpoint else None,
+        )
+    if len(fetched) != len(to_fetch):  # the engine's contract; a silent drop would lose URLs
+        raise RuntimeError(f"fetch_batch returned {len(fetched)} results for {len(to_fetch)} URLs")
+    fresh = iter(fetched)
+    batch_results: list[Result] = []
+    for item in items:  # batch order, one result per URL, as the reduce expects
+        earlier_result = reused.get(item.url)
+        # A copy of a reused result: a URL listed twice gets its own line and meta.
+        result = replace(earlier_result) if earlier_result is not None else next(fresh)
         result.line, result.meta = item.line, item.meta
-    write_results(batch["results_uri"], fetched)
+        batch_results.append(result)
+    write_results(batch["results_uri"], batch_results)
+    if partial_uri:
+        checkpoints.discard_checkpoint(partial_uri, log=log)
     counts: dict[str, int] = {}
-    for result in fetched:
+    for result in batch_results:
         counts[str(result.status)] = counts.get(str(result.status), 0) + 1
     seconds = time.monotonic() - started
     summary = {
         "index": batch["index"],
         "results_uri": batch["results_uri"],
-        "urls": len(fetched),
+        "urls": len(batch_results),
+        "reused": len(reused),
         "counts": counts,
-        "bytes": sum(r.bytes or 0 for r in fetched if r.status == Status.OK),
+        "bytes": sum(r.bytes or 0 for r in batch_results if r.status == Status.OK),
         "seconds": round(seconds, 3),
     }
     log.info("%s done in %.1fs: %s", batch.get("label", f"batch {batch['index']}"), seconds, counts)
@@ -215,8 +271,14 @@ def record(
     batch_summaries: Iterable[Mapping[str, Any] | None],
     *,
     connect: Connect,
+    keep_work_files: bool = False,
 ) -> results.RunSummary:
-    """The reduce: write every URL's outcome and the run summary in one transaction."""
+    """The reduce: write every URL's outcome and the run summary in one transaction.
+
+    Once that has committed, the run's work folder is deleted, unless ``keep_work_files``
+    (``HARVEST_KEEP_WORK_FILES``, for debugging). If recording fails, the folder stays, so that a
+    retry, of this task or of failed batches, finds the files it needs.
+    """
     summaries = sorted((s for s in batch_summaries if s), key=lambda s: s["index"])
     uris = [manifest["rejected_uri"], *(s["results_uri"] for s in summaries)]
     run = results.RunInfo(
@@ -229,7 +291,7 @@ def record(
     )
     with closing(connect()) as conn:
         # Every URL gets exactly one answer, or nothing is recorded and the task fails saying so.
-        return results.record_run(
+        summary = results.record_run(
             conn,
             run,
             read_results(uris),
@@ -238,3 +300,27 @@ def record(
             reason=manifest["reason"],
             expected_urls=manifest["urls"] + manifest["rejected"],
         )
+    _clean_up_work_files(ctx, manifest, keep=keep_work_files)
+    return summary
+
+
+def _clean_up_work_files(ctx: RunContext, manifest: Mapping[str, Any], *, keep: bool) -> None:
+    work_uri = manifest.get("work_uri")
+    if work_uri is None:  # a manifest written before manifests named their work folder
+        log.info("Kept the run's work files: the manifest does not say where they are")
+        return
+    workspace = ctx.workspace_for(work_uri)
+    if keep:
+        log.info("Kept the run's work files at %s (HARVEST_KEEP_WORK_FILES)", workspace.root)
+        return
+    try:
+        removed = workspace.remove()
+    except Exception as exc:
+        # The results are committed: leftover files cost storage, not correctness, so a recorded
+        # run is not failed for them.
+        log.warning("Could not delete the run's work files at %s: %s", workspace.root, exc)
+        return
+    if removed:
+        log.info("Deleted the run's work files at %s", workspace.root)
+    else:
+        log.info("No work files to delete at %s (already gone)", workspace.root)

@@ -1,6 +1,6 @@
 """Content-addressed blob storage: ``<base>/ab/cd/<sha256>.<ext>``, written once, atomically.
 
-The base is a URI read through fsspec (``file://`` by default, ``s3://...`` when s3fs is installed,
+The base is a URI read through fsspec (``file://`` by default, ``s3://bucket/prefix`` through s3fs,
 which is what Airflow's ObjectStoragePath uses underneath). Identical bytes from different URLs land
 in one blob. A blob is never visible half-written: locally it is written as a nameless file in its
 directory and linked into place once complete (Linux ``O_TMPFILE``; elsewhere a hidden temporary
@@ -39,6 +39,7 @@ class ContentAddressedStore:
         self.root = os.path.abspath(root) if self._local else root.rstrip("/")
         # Nameless files linked into place (Linux): see _link_into_place.
         self._anonymous_files = self._local and bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+        self._s3 = not self._local and _is_s3(self.fs)
 
     def __repr__(self) -> str:
         return f"ContentAddressedStore({self.base_uri!r})"
@@ -60,18 +61,38 @@ class ContentAddressedStore:
 
     def exists(self, sha256: str, extension: str) -> bool:
         path = self.path_for(sha256, extension)
-        return os.path.exists(path) if self._local else bool(self.fs.exists(path))
+        return os.path.exists(path) if self._local else self._stored(path)
 
     def put(self, stream: IO[bytes], sha256: str, extension: str) -> str:
         """Store the whole of ``stream`` (read from its start) unless the blob exists; return its URI."""
         path = self.path_for(sha256, extension)
         if self._local:
             self._put_local(stream, path)
-        elif not self.fs.exists(path):
+        elif not self._stored(path):
             stream.seek(0)
-            # One PUT of the complete body: object stores never show a partial object.
+            # The whole body is read before the upload starts, then sent as one PUT (a multipart
+            # upload above 100 MiB, aborted on failure): an object store shows an object only once
+            # its upload is complete, so a failed read or upload leaves nothing under the key.
             self.fs.pipe_file(path, stream.read())
         return self._uri(path)
+
+    def _stored(self, path: str) -> bool:
+        """Ask the object store itself. ``fs.exists`` may answer from s3fs's listing cache, which
+        another worker's upload (or a deletion) has made stale."""
+        if self._s3:
+            # One HEAD: s3fs's info() follows a miss with a LIST (a "folder"?), which costs a
+            # request more per new blob, and a LIST is the dearer request on S3.
+            bucket, key, _ = self.fs.split_path(path)
+            try:
+                self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return False
+            return True
+        try:
+            self.fs.info(path, refresh=True)
+        except FileNotFoundError:
+            return False
+        return True
 
     def put_bytes(self, data: bytes, extension: str) -> tuple[str, str]:
         """Store ``data``; return ``(sha256, uri)``."""
@@ -91,6 +112,14 @@ class ContentAddressedStore:
                 _link_into_place(fd, stream, path)
                 return
         _rename_into_place(stream, path, directory)
+
+
+def _is_s3(fs: object) -> bool:
+    try:
+        from s3fs import S3FileSystem  # imported only for a store that is not local
+    except ImportError:
+        return False
+    return isinstance(fs, S3FileSystem)
 
 
 def _open_in_shard(directory: str, path: str, flags: int) -> int:

@@ -1,4 +1,4 @@
-"""The real stack for end-to-end tests: started once per test session and shared.
+"""The real stack for end-to-end tests: started once and shared by every test of this package.
 
 Airflow api-server, scheduler, dag-processor, triggerer and a Celery worker run as real processes
 (under the same supervisor ``make run`` uses) against a fresh metadata DB and results DB with unique
@@ -8,24 +8,18 @@ local server. Everything is stopped by pid and the databases are dropped at the 
 
 from __future__ import annotations
 
-import hashlib
-import io
-import random
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg2
 import pytest
 import redis
-from PIL import Image
 
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import Stack
+from tests.sites import ImageSite, serve_images
 
 pytestmark = pytest.mark.e2e
 
@@ -33,44 +27,10 @@ pytestmark = pytest.mark.e2e
 BROKER_DB, COORDINATION_DB = 10, 11
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
-        pass
-
-
-@dataclass
-class ImageSite:
-    """A folder of generated images served over HTTP on loopback."""
-
-    root: Path
-    base_url: str
-
-    def add_images(self, prefix: str, count: int, *, seed: int) -> dict[str, str]:
-        """Write ``count`` distinct images; return {url: sha256 of the served bytes}."""
-        rng = random.Random(seed)
-        expected = {}
-        for index in range(count):
-            fmt, ext = [("JPEG", "jpg"), ("PNG", "png")][index % 2]
-            size = (rng.randrange(40, 200), rng.randrange(40, 200))
-            image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
-            image.putpixel((0, 0), (index % 256, seed % 256, 7))  # distinct even at equal colours
-            buffer = io.BytesIO()
-            image.save(buffer, fmt)
-            name = f"{prefix}-{index:04d}.{ext}"
-            (self.root / name).write_bytes(buffer.getvalue())
-            expected[f"{self.base_url}/{name}"] = hashlib.sha256(buffer.getvalue()).hexdigest()
-        return expected
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageSite]:
-    root = tmp_path_factory.mktemp("site")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield ImageSite(root, f"http://127.0.0.1:{server.server_address[1]}")
-    server.shutdown()
-    server.server_close()
+    with serve_images(tmp_path_factory.mktemp("site")) as site:
+        yield site
 
 
 @dataclass
@@ -91,7 +51,8 @@ class RunningStack:
         return psycopg2.connect(self.stack.metadata_url)
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: stopped when the package's tests are done, before tests/cluster starts its own.
+@pytest.fixture(scope="package")
 def harvest_stack(tmp_path_factory: pytest.TempPathFactory, image_site: ImageSite) -> Iterator[RunningStack]:
     data = tmp_path_factory.mktemp("harvest-data")
     (data / "url_lists").mkdir()

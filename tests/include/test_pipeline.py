@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import logging
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import pytest
 
 from include.harvest import pipeline
+from include.harvest.checkpoints import BatchCheckpoint
+from include.harvest.fetch import fetch_batch
 from include.harvest.models import Result, Status
 from include.harvest.results import IncompleteRun
 from include.harvest.settings import FetchSettings
-from include.harvest.workfiles import read_items, write_results
+from include.harvest.storage import ContentAddressedStore
+from include.harvest.workfiles import read_items, read_results, write_results
+
+if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
+    from tests.include.conftest import HostileServer, Images
 
 pytest_plugins = ["tests.include.db_fixtures"]
 
@@ -88,3 +99,156 @@ def test_a_run_with_a_batch_result_missing_records_nothing(tmp_path: Path, harve
     with psycopg2.connect(harvest_db_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT (SELECT count(*) FROM harvest.downloads), (SELECT count(*) FROM harvest.runs)")
         assert cur.fetchone() == (0, 0)
+
+
+# -- a batch retried after its worker was killed ------------------------------------------------
+
+
+def plan_one_batch(tmp_path: Path, urls: list[str]) -> dict:
+    [batch] = pipeline.plan(
+        read(tmp_path, urls="\n".join(urls)),
+        work_uri=(tmp_path / "work").as_uri(),
+        dag_run_id=context().dag_run_id,
+        batch_size=None,
+        max_batches=1,
+    )
+    return batch
+
+
+def unique_urls(server: HostileServer, *paths: str) -> list[str]:
+    """URLs no other test requests (a query string makes a distinct URL), so hits can be counted."""
+    token = uuid.uuid4().hex[:8]
+    return [server.url(f"{path}?t={token}") for path in paths]
+
+
+def hits(server: HostileServer, urls: list[str]) -> list[int]:
+    return [len(server.hits(url.split(str(server.port), 1)[1])) for url in urls]
+
+
+def killed_attempt(
+    batch: dict, settings: FetchSettings, storage_uri: str, *, checkpointed: list[str], after: list[str]
+) -> None:
+    """What an attempt killed mid-batch leaves: the blobs of every URL it fetched, and checkpoint
+    parts of those it fetched before its last flush. No results file, no final flush."""
+    store = ContentAddressedStore(storage_uri)
+    checkpoint = BatchCheckpoint(batch["partial_uri"])  # as download makes it; then SIGKILL, no close
+    fetch_batch(checkpointed, settings, store=store, on_result=checkpoint.add)
+    checkpoint.flush()
+    fetch_batch(after, settings, store=store, on_result=checkpoint.add)  # killed before the next flush
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_retry_after_a_killed_attempt_fetches_only_the_urls_not_yet_stored(
+    tmp_path: Path,
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    images: Images,
+    caplog: pytest.LogCaptureFixture,
+):
+    png, jpg, missing, gif, webp = urls = unique_urls(
+        hostile_server, "/ok.png", "/ok.jpg", "/status/404", "/ok.gif", "/ok.webp"
+    )
+    batch = plan_one_batch(tmp_path, urls)
+    storage_uri = (tmp_path / "storage").as_uri()
+    killed_attempt(batch, fast_settings, storage_uri, checkpointed=[png, jpg, missing], after=[gif])
+    assert hits(hostile_server, urls) == [1, 1, 1, 1, 0]
+
+    with caplog.at_level(logging.INFO, logger="include.harvest.pipeline"):
+        summary = pipeline.download(
+            batch, settings=fast_settings, storage_uri=storage_uri, connect=no_db, use_previous=False
+        )
+
+    # Stored and checkpointed: not again. The 404 is asked again; the GIF was stored after the last
+    # checkpoint, so nothing says it was: fetched again too.
+    assert hits(hostile_server, urls) == [1, 1, 2, 2, 1]
+    assert "resuming: 2 URLs already stored by an earlier attempt, 3 to fetch" in caplog.text
+    written = list(read_results([batch["results_uri"]]))
+    assert [r.url for r in written] == urls  # one result per URL, in batch order
+    assert [r.status for r in written] == [Status.OK, Status.OK, Status.HTTP_ERROR, Status.OK, Status.OK]
+    assert [r.sha256 for r in written] == [
+        sha256_of(images.png), sha256_of(images.jpeg), None, sha256_of(images.gif), sha256_of(images.webp)
+    ]  # fmt: skip
+    assert [r.line for r in written] == [1, 2, 3, 4, 5]
+    assert (summary["urls"], summary["reused"], summary["counts"]) == (5, 2, {"ok": 4, "http_error": 1})
+    assert not Path(batch["partial_uri"].removeprefix("file://")).exists()  # done: checkpoints deleted
+
+
+def test_a_checkpointed_result_whose_blob_is_gone_is_fetched_again(
+    tmp_path: Path, hostile_server: HostileServer, fast_settings: FetchSettings, images: Images
+):
+    png, jpg = urls = unique_urls(hostile_server, "/ok.png", "/ok.jpg")
+    batch = plan_one_batch(tmp_path, urls)
+    storage_uri = (tmp_path / "storage").as_uri()
+    killed_attempt(batch, fast_settings, storage_uri, checkpointed=urls, after=[])
+    store = ContentAddressedStore(storage_uri)
+    blob = Path(store.path_for(sha256_of(images.jpeg), "jpg"))
+    blob.unlink()  # lost (store cleaned, or the attempt wrote to another store)
+
+    pipeline.download(
+        batch, settings=fast_settings, storage_uri=storage_uri, connect=no_db, use_previous=False
+    )
+
+    assert hits(hostile_server, urls) == [1, 2]
+    assert [r.sha256 for r in read_results([batch["results_uri"]])] == [
+        sha256_of(images.png),
+        sha256_of(images.jpeg),
+    ]
+    assert blob.read_bytes() == images.jpeg
+
+
+def test_an_attempt_that_failed_mid_batch_is_resumed_from_its_last_checkpoint(
+    tmp_path: Path,
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    urls = unique_urls(hostile_server, "/ok.png", "/ok.jpg", "/ok.gif", "/ok.webp", "/same-a.png")
+    batch = plan_one_batch(tmp_path, urls)
+    storage_uri = (tmp_path / "storage").as_uri()
+    one_at_a_time = fast_settings.replace(concurrency=1)
+    put = ContentAddressedStore.put
+    puts = itertools.count(1)
+
+    def disk_full_at_the_third_blob(self: ContentAddressedStore, *args: Any) -> str:
+        if next(puts) == 3:
+            raise OSError(28, "No space left on device")
+        return put(self, *args)
+
+    monkeypatch.setattr(ContentAddressedStore, "put", disk_full_at_the_third_blob)
+    with pytest.raises(OSError, match="No space left"):  # the task fails; Airflow retries it
+        pipeline.download(
+            batch, settings=one_at_a_time, storage_uri=storage_uri, connect=no_db, use_previous=False
+        )
+    assert not Path(batch["results_uri"].removeprefix("file://")).exists()
+
+    summary = pipeline.download(
+        batch, settings=one_at_a_time, storage_uri=storage_uri, connect=no_db, use_previous=False
+    )
+
+    assert hits(hostile_server, urls) == [1, 1, 2, 1, 1]  # the failed attempt stopped at the third
+    assert summary["reused"] == 2
+    assert [(r.url, r.status) for r in read_results([batch["results_uri"]])] == [(u, Status.OK) for u in urls]
+
+
+def test_a_retry_after_the_results_file_was_written_gives_the_same_rows(
+    tmp_path: Path, hostile_server: HostileServer, fast_settings: FetchSettings
+):
+    urls = unique_urls(hostile_server, "/ok.png", "/status/404", "/ok.gif")
+    batch = plan_one_batch(tmp_path, urls)
+    storage_uri = (tmp_path / "storage").as_uri()
+
+    def attempt() -> list[tuple]:
+        pipeline.download(
+            batch, settings=fast_settings, storage_uri=storage_uri, connect=no_db, use_previous=False
+        )
+        return [
+            (r.url, r.status, r.sha256, r.storage_uri, r.line) for r in read_results([batch["results_uri"]])
+        ]
+
+    first, second = attempt(), attempt()
+
+    assert second == first
+    assert [row[0] for row in second] == urls

@@ -13,6 +13,7 @@ import fsspec
 import pytest
 
 from include.harvest.storage import ContentAddressedStore
+from tests.s3 import MotoServer
 
 
 @pytest.fixture(params=["anonymous file + link", "temporary name + rename"])
@@ -131,3 +132,57 @@ def test_any_fsspec_filesystem_works() -> None:
     assert fs.cat_file(path) == b"remote bytes"
     assert store.exists(sha256, "webp")
     fs.rm("/harvest-test-bucket", recursive=True)
+
+
+# -- on S3, against a real S3-protocol server (moto on loopback) -----------------------------------
+
+
+def blob_key(sha256: str, extension: str, prefix: str = "images") -> str:
+    return f"{prefix}/{sha256[:2]}/{sha256[2:4]}/{sha256}.{extension}"
+
+
+def test_on_s3_a_blob_is_one_object_under_its_sha256(s3_server: MotoServer, s3_bucket: str):
+    store = ContentAddressedStore(f"s3://{s3_bucket}/images/")
+    data = b"\x89PNG on s3"
+    sha256, uri = store.put_bytes(data, "png")
+    assert uri == f"s3://{s3_bucket}/{blob_key(sha256, 'png')}"
+    assert s3_server.list_keys(s3_bucket) == [blob_key(sha256, "png")]
+    assert s3_server.get(s3_bucket, blob_key(sha256, "png")) == data
+    assert store.exists(sha256, "png") and not store.exists("ab" * 32, "png")
+
+
+def test_on_s3_an_existing_blob_is_not_uploaded_again(s3_server: MotoServer, s3_bucket: str):
+    store = ContentAddressedStore(f"s3://{s3_bucket}/images")
+    sha256, _ = store.put_bytes(b"same bytes", "jpg")
+    etag = s3_server.head(s3_bucket, blob_key(sha256, "jpg"))["ETag"]
+    ContentAddressedStore(f"s3://{s3_bucket}/images").put_bytes(b"same bytes", "jpg")  # another worker
+    store.put_bytes(b"same bytes", "jpg")
+    assert s3_server.count("PUT", f"/{s3_bucket}/{blob_key(sha256, 'jpg')}") == 1
+    assert s3_server.head(s3_bucket, blob_key(sha256, "jpg"))["ETag"] == etag
+
+
+def test_on_s3_the_store_asks_the_server_not_a_stale_listing(s3_server: MotoServer, s3_bucket: str):
+    # s3fs answers exists() from a cached listing of the folder when it has one. Here the listing is
+    # taken, then another worker stores one blob of that folder and a cleanup deletes another.
+    store = ContentAddressedStore(f"s3://{s3_bucket}/images")
+    kept, other_worker, deleted = "abcd" + "1" * 60, "abcd" + "2" * 60, "abcd" + "3" * 60
+    store.put(io.BytesIO(b"kept"), kept, "png")
+    store.put(io.BytesIO(b"deleted"), deleted, "png")
+    store.fs.ls(f"{s3_bucket}/images/ab/cd")  # fills the listing cache
+    s3_server.put(s3_bucket, blob_key(other_worker, "png"), b"other worker")
+    s3_server.delete(s3_bucket, blob_key(deleted, "png"))
+
+    assert store.exists(other_worker, "png") and not store.exists(deleted, "png")
+    store.put(io.BytesIO(b"other worker"), other_worker, "png")
+    store.put(io.BytesIO(b"deleted"), deleted, "png")
+    assert s3_server.count("PUT", f"/{s3_bucket}/{blob_key(other_worker, 'png')}") == 1  # not again
+    assert s3_server.get(s3_bucket, blob_key(deleted, "png")) == b"deleted"  # stored again, not lost
+
+
+def test_on_s3_a_failed_read_of_the_body_leaves_no_object(s3_server: MotoServer, s3_bucket: str):
+    store = ContentAddressedStore(f"s3://{s3_bucket}/images")
+    with pytest.raises(OSError, match="disk went away"):
+        store.put(BreaksHalfway(), "ab" * 32, "jpg")  # type: ignore[arg-type]
+    assert s3_server.list_keys(s3_bucket) == []
+    assert s3_server.multipart_uploads(s3_bucket) == []
+    assert not store.exists("ab" * 32, "jpg")

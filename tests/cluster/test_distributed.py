@@ -1,0 +1,64 @@
+"""Harvest on several machines: S3 for blobs, work files and lists; batches spread over workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster.conftest import BUCKET, WORKERS, Cluster, assert_recorded_exactly
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_run_on_s3_keeps_everything_in_the_bucket_and_nothing_on_local_disk(cluster: Cluster):
+    day = "2026-05-01"
+    expected = cluster.site.add_images("s3-run", 12, seed=501)
+    cluster.write_list(day, expected)
+
+    run_id = cluster.trigger({"batch_size": 4}, logical_date=f"{day}T00:00:00Z")
+    cluster.api.wait_for_run("harvest", run_id, timeout=300)
+
+    # Every blob is in the bucket under ab/cd/<sha256>.<ext> with the right bytes, and
+    # harvest.objects points at those s3:// URIs.
+    assert_recorded_exactly(cluster, day, expected)
+    uris = {sha: uri for uri, sha in cluster.query("SELECT storage_uri, sha256 FROM harvest.objects")}
+    uris = {sha: uris[sha] for sha in expected.values()}
+    assert all(uri.startswith(f"s3://{BUCKET}/storage/") for uri in uris.values())
+    # The list came from the bucket, the work files went there, and nothing touched local disk.
+    assert cluster.query("SELECT source FROM harvest.runs WHERE run_key = %s", day)[0][0].startswith("s3://")
+    assert cluster.local_files() == []
+    # The run's work folder is gone once record_results committed.
+    assert cluster.work_keys(run_id) == []
+    # Nothing burned a retry on the way (the stack's execution-API timeouts ride out a busy box).
+    assert {ti["try_number"] for ti in cluster.task_instances(run_id)} == {1}
+
+    # Re-running the date: the server's validators answer 304, nothing is downloaded again.
+    uploaded = {
+        sha: cluster.s3.head(BUCKET, uris[sha].removeprefix(f"s3://{BUCKET}/")) for sha in expected.values()
+    }
+    rerun = cluster.trigger({"batch_size": 4}, logical_date=f"{day}T06:00:00Z")
+    cluster.api.wait_for_run("harvest", rerun, timeout=300)
+    assert_recorded_exactly(cluster, day, expected, status="not_modified")
+
+    # Forced: every body is downloaded again, but a blob already in the bucket is not uploaded again.
+    forced = cluster.trigger({"batch_size": 4, "force": True}, logical_date=f"{day}T12:00:00Z")
+    cluster.api.wait_for_run("harvest", forced, timeout=300)
+    assert_recorded_exactly(cluster, day, expected)
+    after = {
+        sha: cluster.s3.head(BUCKET, uris[sha].removeprefix(f"s3://{BUCKET}/")) for sha in expected.values()
+    }
+    assert after == uploaded  # same ETag and Last-Modified: no second PUT
+    assert cluster.local_files() == []
+
+
+def test_batches_run_on_both_workers_and_every_url_is_recorded_once(cluster: Cluster):
+    # Slow answers keep all 8 batches in flight at once, so both workers must take some.
+    expected = cluster.site.add_images("spread", 40, seed=502, delay=0.3)
+    run_id = cluster.trigger({"urls": "\n".join(expected), "batch_size": 5, "concurrency": 1})
+    cluster.api.wait_for_run("harvest", run_id, timeout=300)
+
+    batches = cluster.task_instances(run_id, "download_batch")
+    assert len(batches) == 8
+    assert {ti["hostname"] for ti in batches} == set(WORKERS)
+    assert {ti["try_number"] for ti in cluster.task_instances(run_id)} == {1}
+    assert_recorded_exactly(cluster, run_id, expected)
+    assert all(cluster.site.requests_for(url) == 1 for url in expected)
