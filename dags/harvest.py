@@ -21,9 +21,10 @@ looked at in `harvest.runs`, and `record_results` ends *skipped* (no Asset event
 
 ## What it writes
 - `harvest.downloads`: one row per (run key, URL) with status, HTTP status, sha256, size, dimensions,
-  attempts, latency and an error text a person can act on. The run key is the logical date for
-  scheduled and backfill runs, the run id for a manual run without one. Re-running replaces the
-  run key's rows: never duplicates.
+  attempts, latency and an error text a person can act on. A run of a date's list (schedule,
+  backfill, or a trigger without URLs/source) is keyed by the date (`YYYY-MM-DD`); a run given its
+  own URLs or list by its logical date, or its run id. Re-running replaces the run key's rows:
+  never duplicates.
 - `harvest.objects`: one row per stored blob, stored once by SHA-256 under `HARVEST_STORAGE_URI`.
 - `harvest.runs`: the run summary (counts per status, bytes, duration, throughput, p50/p95).
 - Asset `harvest://results/downloads` is updated when a run recorded its results.
@@ -155,16 +156,17 @@ def harvest() -> None:
         from include.harvest import hooks, pipeline
 
         uris = hooks.deployment_uris()
-        return pipeline.read_sources(
-            _run_context(),
-            urls=params.get("urls"),
-            source=params.get("source"),
-            list_base_uri=uris["url_list_uri"],
-            work_uri=uris["work_uri"],
-            connect=hooks.results_db_connection,
-            settings=_fetch_settings(params),
-            storage_uri=uris["storage_uri"],
-        )
+        with hooks.fail_fast_on_permanent_storage_errors():
+            return pipeline.read_sources(
+                _run_context(),
+                urls=params.get("urls"),
+                source=params.get("source"),
+                list_base_uri=uris["url_list_uri"],
+                work_uri=uris["work_uri"],
+                connect=hooks.results_db_connection,
+                settings=_fetch_settings(params),
+                storage_uri=uris["storage_uri"],
+            )
 
     @task
     def plan_batches(manifest: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -147,12 +147,17 @@ class InvalidContent(PermanentError):
 
 
 class StorageUnavailable(Exception):
-    """A storage, work or list URI cannot be used; the message names the URI, its setting and the fix."""
+    """A storage, work or list URI cannot be used; the message names the URI, its setting and the fix.
 
-    def __init__(self, message: str, *, uri: str, setting: str) -> None:
+    ``retryable`` is true when waiting may help (an unreachable endpoint); a missing bucket or
+    refused credentials stay so until a person acts, so the task fails without retries.
+    """
+
+    def __init__(self, message: str, *, uri: str, setting: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.uri = uri
         self.setting = setting
+        self.retryable = retryable
 
 
 def describe_bytes(size: int) -> str:

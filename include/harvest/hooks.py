@@ -6,14 +6,16 @@ this module builds (a connection factory, URIs, settings).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "RESULTS_CONN_ID",
     "deployment_uris",
+    "fail_fast_on_permanent_storage_errors",
     "keep_work_files",
     "machine_hostname",
     "results_db_connection",
@@ -61,3 +63,20 @@ def machine_hostname() -> str:
     from airflow.utils.net import getfqdn
 
     return os.environ.get("HARVEST_HOSTNAME") or getfqdn()
+
+
+@contextlib.contextmanager
+def fail_fast_on_permanent_storage_errors() -> Iterator[None]:
+    """Turn a :class:`StorageUnavailable` that waiting cannot fix (a missing bucket, refused
+    credentials) into Airflow's "fail without retrying", keeping its message; an unreachable
+    endpoint is raised as it is, so the task's retries cover a blip."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.harvest.errors import StorageUnavailable
+
+    try:
+        yield
+    except StorageUnavailable as exc:
+        if exc.retryable:
+            raise
+        raise AirflowFailException(str(exc)) from exc

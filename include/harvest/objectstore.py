@@ -113,10 +113,14 @@ def _check_objects(fs: Any, root: str, *, uri: str, setting: str, write: bool) -
                     raise  # the store said why (NoSuchBucket...): diagnosed below
                 # else: an empty prefix. Object stores have no folders: nothing listed is fine.
     except Exception as exc:
+        from botocore import exceptions as boto
+
         raise StorageUnavailable(
             f"{setting}={uri}: {_diagnose(exc, fs, root, setting=setting, write=write)}",
             uri=uri,
             setting=setting,
+            retryable=_error_code(exc) is None
+            and _find(exc, boto.ConnectionError, ConnectionError, TimeoutError),
         ) from exc
 
 

@@ -44,9 +44,17 @@ class RunContext:
     run_after: datetime
     started_at: datetime | None = None
 
-    @property
-    def run_key(self) -> str:
-        """Scheduled and backfill runs are keyed by date, so re-running a date replaces its rows."""
+    def run_key(self, *, reads_dated_list: bool) -> str:
+        """What the run's rows are keyed by in ``harvest.downloads`` and ``harvest.runs``.
+
+        A run that reads the list *of a date* (the schedule, a backfill, a manual run without URLs
+        or a list of its own) is keyed by that date, ``YYYY-MM-DD``: every run of a date replaces
+        the same rows, so a date re-run by hand while its backfill runs still ends with one row
+        per URL. A run given its own URLs or list is keyed by its logical date, or its run id
+        when it has none.
+        """
+        if reads_dated_list:
+            return self.list_date.isoformat()
         return self.logical_date.isoformat() if self.logical_date else self.dag_run_id
 
     @property
@@ -60,6 +68,15 @@ class RunContext:
 def _reads_dated_list(urls: str | list[str] | None, source: str | None) -> bool:
     """Whether the run reads the list for its date under ``HARVEST_URL_LIST_URI``."""
     return not urls and source in (None, "", "file")
+
+
+def _is_object_store_uri(uri: str) -> bool:
+    return uri.split("://", 1)[0] not in ("file", "http", "https", uri)
+
+
+def _reads_list_of_its_date(urls: str | list[str] | None, source: str | None) -> bool:
+    """Whether the run reads its date's list, from the list folder or ``harvest.url_sources``."""
+    return _reads_dated_list(urls, source) or (not urls and source == "table")
 
 
 def _read_source(
@@ -115,9 +132,11 @@ def read_sources(
     check_access(work_uri, setting="HARVEST_WORK_URI", write=True)
     if _reads_dated_list(urls, source):
         check_access(list_base_uri, setting="HARVEST_URL_LIST_URI", write=False)
+    elif not urls and source and _is_object_store_uri(source):
+        check_access(source, setting="source", write=False)  # a list in a bucket: the bucket exists
     workspace = ctx.workspace_for(work_uri)
     manifest: dict[str, Any] = {
-        "run_key": ctx.run_key,
+        "run_key": ctx.run_key(reads_dated_list=_reads_list_of_its_date(urls, source)),
         "list_date": ctx.list_date.isoformat(),
         "work_uri": work_uri,  # where the reduce finds the run's folder to delete
         "items_uri": workspace.items_uri,
@@ -282,7 +301,7 @@ def record(
     summaries = sorted((s for s in batch_summaries if s), key=lambda s: s["index"])
     uris = [manifest["rejected_uri"], *(s["results_uri"] for s in summaries)]
     run = results.RunInfo(
-        run_key=ctx.run_key,
+        run_key=manifest["run_key"],
         dag_run_id=ctx.dag_run_id,
         run_type=ctx.run_type,
         logical_date=ctx.logical_date,

@@ -62,3 +62,23 @@ def test_batches_run_on_both_workers_and_every_url_is_recorded_once(cluster: Clu
     assert {ti["try_number"] for ti in cluster.task_instances(run_id)} == {1}
     assert_recorded_exactly(cluster, run_id, expected)
     assert all(cluster.site.requests_for(url) == 1 for url in expected)
+
+
+def test_a_list_in_a_bucket_that_does_not_exist_fails_the_run_at_once_naming_it(cluster: Cluster):
+    source = "s3://harvest-no-such-bucket/lists/today.txt"
+    run_id = cluster.trigger({"source": source})
+    cluster.api.wait_for_run("harvest", run_id, timeout=180, expect="failed")
+
+    (read,) = cluster.task_instances(run_id, "read_sources")
+    assert (read["state"], read["try_number"]) == ("failed", 1)  # no retries: waiting cannot fix it
+    log = cluster.api.request(
+        "GET",
+        f"/dags/harvest/dagRuns/{run_id}/taskInstances/read_sources/logs/1",
+        params={"full_content": True},
+    )
+    assert log.status_code == 200, log.text
+    assert (
+        f"source={source}: bucket 'harvest-no-such-bucket' does not exist: create it or point source"
+        in log.text
+    )
+    assert cluster.query("SELECT count(*) FROM harvest.downloads WHERE run_key = %s", run_id) == [(0,)]

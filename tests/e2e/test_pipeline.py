@@ -29,6 +29,8 @@ def test_manual_run_downloads_every_url_on_celery_workers(harvest_stack: Running
     assert len(batches) == 3
     assert {ti["state"] for ti in batches} == {"success"}
     assert all(ti["rendered_map_index"].startswith("batch ") for ti in batches)
+    # No task burned a retry on the way (the stack's Execution-API timeout rides out a busy box).
+    assert {ti["try_number"] for ti in api.task_instances("harvest", run_id)} == {1}
 
     # The batches ran as Celery tasks: each left its result in Celery's result backend.
     with harvest_stack.metadata_db() as conn, conn.cursor() as cur:

@@ -1,10 +1,12 @@
-"""Deployment settings read from the environment (the part of hooks that needs no Airflow)."""
+"""The Airflow end of the library: deployment settings from the environment, storage errors into task outcomes."""
 
 from __future__ import annotations
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from include.harvest.hooks import keep_work_files
+from include.harvest.errors import StorageUnavailable
+from include.harvest.hooks import fail_fast_on_permanent_storage_errors, keep_work_files
 
 
 @pytest.mark.parametrize(
@@ -22,3 +24,20 @@ def test_a_value_that_is_not_a_boolean_names_the_variable():
         ValueError, match=r"^HARVEST_KEEP_WORK_FILES='keep' is not a boolean \(use true or false\)$"
     ):
         keep_work_files({"HARVEST_KEEP_WORK_FILES": "keep"})
+
+
+def test_a_storage_error_waiting_cannot_fix_fails_the_task_without_retries_and_keeps_its_message():
+    error = StorageUnavailable(
+        "HARVEST_STORAGE_URI=s3://x/p: bucket 'x' does not exist", uri="s3://x/p", setting="S"
+    )
+    with (
+        pytest.raises(AirflowFailException, match="bucket 'x' does not exist"),
+        fail_fast_on_permanent_storage_errors(),
+    ):
+        raise error
+
+
+def test_an_unreachable_endpoint_keeps_the_tasks_retries():
+    error = StorageUnavailable("endpoint unreachable", uri="s3://x/p", setting="S", retryable=True)
+    with pytest.raises(StorageUnavailable), fail_fast_on_permanent_storage_errors():
+        raise error

@@ -25,6 +25,7 @@ def test_a_missing_bucket_is_named_with_the_setting_and_the_fix(s3_server: MotoS
     )
     assert (caught.value.uri, caught.value.setting) == (uri, "HARVEST_STORAGE_URI")
     assert isinstance(caught.value.__cause__, FileNotFoundError)  # chained: the original stays visible
+    assert not caught.value.retryable  # waiting will not create the bucket
 
 
 def test_a_usable_bucket_passes_and_the_write_check_leaves_nothing(s3_server: MotoServer, s3_bucket: str):
@@ -98,6 +99,7 @@ def test_an_unreachable_endpoint_is_named(s3_server: MotoServer, monkeypatch: py
         f"HARVEST_URL_LIST_URI=s3://harvest-lists/daily: endpoint unreachable: {closed}: check "
         "AWS_ENDPOINT_URL (MinIO/Ceph/R2) and that the server is up and reachable from this machine"
     )
+    assert caught.value.retryable  # a server that is down may be up at the task's next try
 
 
 def test_a_missing_local_folder_is_created_for_writing_and_left_alone_for_reading(tmp_path: Path):

@@ -78,6 +78,26 @@ def test_a_missing_list_is_a_recorded_outcome_naming_the_paths(tmp_path: Path):
     assert "2026-05-04.txt" in manifest["reason"] and "2026-05-04.csv" in manifest["reason"]
 
 
+def test_every_run_of_a_dates_list_shares_the_dates_run_key(tmp_path: Path):
+    # The schedule, a backfill, a manual re-run at noon, or without a logical date at all: one key.
+    noon = datetime(2026, 5, 4, 12, tzinfo=UTC)
+    contexts = [
+        context(),
+        pipeline.RunContext(dag_run_id="manual__noon", run_type="manual", logical_date=noon, run_after=noon),
+        pipeline.RunContext(dag_run_id="manual__none", run_type="manual", logical_date=None, run_after=noon),
+    ]
+    for ctx in contexts:
+        assert ctx.run_key(reads_dated_list=True) == "2026-05-04"
+    assert read(tmp_path)["run_key"] == "2026-05-04"
+
+
+def test_a_run_given_its_own_urls_is_keyed_by_its_logical_date_or_run_id(tmp_path: Path):
+    assert read(tmp_path, urls="https://a.example.com/1.jpg")["run_key"] == DAY.isoformat()
+    assert read(tmp_path, source=(tmp_path / "own.txt").as_uri())["run_key"] == DAY.isoformat()
+    undated = pipeline.RunContext(dag_run_id="manual__x", run_type="manual", logical_date=None, run_after=DAY)
+    assert undated.run_key(reads_dated_list=False) == "manual__x"
+
+
 def test_manual_urls_take_precedence_and_bad_lines_are_rejected_not_raised(tmp_path: Path):
     manifest = read(tmp_path, urls="https://a.example.com/1.jpg\njavascript:alert(1)\n", source="table")
     assert (manifest["urls"], manifest["rejected"]) == (1, 1)

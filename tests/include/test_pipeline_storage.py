@@ -83,6 +83,23 @@ def test_a_missing_list_bucket_is_an_error_not_a_day_without_a_list(
         )
 
 
+def test_a_source_list_in_a_missing_bucket_is_an_error_naming_it(s3_server: MotoServer, tmp_path: Path):
+    source = "s3://harvest-no-such-lists/2026-05-04.txt"
+    with pytest.raises(
+        StorageUnavailable, match=rf"^source={source}: bucket 'harvest-no-such-lists' does not exist"
+    ):
+        pipeline.read_sources(
+            context(),
+            urls=None,
+            source=source,
+            list_base_uri=(tmp_path / "lists").as_uri(),
+            work_uri=(tmp_path / "work").as_uri(),
+            connect=no_db,
+            settings=FetchSettings(),
+            storage_uri=(tmp_path / "storage").as_uri(),
+        )
+
+
 def test_a_run_reads_its_list_from_s3_and_writes_its_work_files_there(s3_server: MotoServer, s3_bucket: str):
     s3_server.put(s3_bucket, "lists/2026-05-04.txt", "\n".join(URLS).encode())
 
