@@ -22,7 +22,14 @@ from include.harvest import planning, results, sources
 from include.harvest.models import Result, Status
 from include.harvest.objectstore import check_access
 from include.harvest.settings import FetchSettings
-from include.harvest.workfiles import RunWorkspace, read_items, read_results, write_items, write_results
+from include.harvest.workfiles import (
+    RunWorkspace,
+    exists,
+    read_items,
+    read_results,
+    write_items,
+    write_results,
+)
 
 __all__ = ["MAX_LIST_BYTES", "RunContext", "download", "plan", "read_sources", "record"]
 
@@ -224,7 +231,13 @@ def download(
     from include.harvest.storage import ContentAddressedStore
 
     started = time.monotonic()
-    items = read_items(batch["uri"])
+    try:
+        items = read_items(batch["uri"])
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{batch['uri']} is gone: a run's work files are deleted once it is recorded. To download "
+            "this run again, clear the whole run (from read_sources), not one of its batches."
+        ) from exc
     urls = [item.url for item in items]
     store = ContentAddressedStore(storage_uri)
     # A results file left by an earlier attempt that got that far (killed before Airflow saved its
@@ -298,6 +311,10 @@ def record(
     (``HARVEST_KEEP_WORK_FILES``, for debugging). If recording fails, the folder stays, so that a
     retry, of this task or of failed batches, finds the files it needs.
     """
+    if not exists(manifest["rejected_uri"]):
+        # The work files are deleted after the commit: this task ran before (a clear or a retry
+        # after its commit). The rows are already there; recording is done.
+        return _already_recorded(ctx, manifest, connect=connect)
     summaries = sorted((s for s in batch_summaries if s), key=lambda s: s["index"])
     uris = [manifest["rejected_uri"], *(s["results_uri"] for s in summaries)]
     run = results.RunInfo(
@@ -320,6 +337,21 @@ def record(
             expected_urls=manifest["urls"] + manifest["rejected"],
         )
     _clean_up_work_files(ctx, manifest, keep=keep_work_files)
+    return summary
+
+
+def _already_recorded(
+    ctx: RunContext, manifest: Mapping[str, Any], *, connect: Connect
+) -> results.RunSummary:
+    with closing(connect()) as conn:
+        summary = results.load_recorded_run(conn, manifest["run_key"], dag_run_id=ctx.dag_run_id)
+    if summary is None:
+        raise FileNotFoundError(
+            f"{manifest['rejected_uri']} is gone and run {ctx.dag_run_id} is not the one recorded for "
+            f"{manifest['run_key']}: its work files were deleted, or another run of the key recorded "
+            "since. To record it again, clear the whole run (from read_sources)."
+        )
+    log.info("Run %s was recorded already and its work files deleted: nothing to do", ctx.dag_run_id)
     return summary
 
 

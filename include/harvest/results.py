@@ -25,7 +25,15 @@ from typing import Any
 
 from include.harvest.models import Result, Status
 
-__all__ = ["IncompleteRun", "COPY_CHUNK_ROWS", "RunInfo", "RunSummary", "load_previous", "record_run"]
+__all__ = [
+    "COPY_CHUNK_ROWS",
+    "IncompleteRun",
+    "RunInfo",
+    "RunSummary",
+    "load_previous",
+    "load_recorded_run",
+    "record_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +419,38 @@ def _write(cur: Any, run: RunInfo, *, batches: int, outcome: str, reason: str | 
         },
     )
     return summary
+
+
+def load_recorded_run(conn: Any, run_key: str, *, dag_run_id: str) -> RunSummary | None:
+    """The summary ``dag_run_id`` recorded for ``run_key``, if that run's recording is the current one."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT source, outcome, reason, status_counts, urls_total, bytes_total, batches, started_at,"
+            " finished_at, duration_s, urls_per_s, p50_ms, p95_ms"
+            " FROM harvest.runs WHERE run_key = %s AND dag_run_id = %s",
+            (run_key, dag_run_id),
+        )
+        row = cur.fetchone()
+    conn.rollback()  # a read: end the implicit transaction
+    if row is None:
+        return None
+    source, outcome, reason, counts, urls, size, batches, started, finished, duration, rate, p50, p95 = row
+    return RunSummary(
+        run_key=run_key,
+        source=source,
+        outcome=outcome,
+        reason=reason,
+        counts={str(k): int(v) for k, v in counts.items()},
+        urls_total=urls,
+        bytes_total=size,
+        batches=batches,
+        started_at=started,
+        finished_at=finished,
+        duration_s=duration,
+        urls_per_s=rate,
+        p50_ms=p50,
+        p95_ms=p95,
+    )
 
 
 def load_previous(conn: Any, urls: Sequence[str]) -> dict[str, Result]:

@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from include.harvest.models import Result, UrlItem
 
-__all__ = ["RunWorkspace", "read_items", "read_results", "write_items", "write_results"]
+__all__ = ["RunWorkspace", "exists", "read_items", "read_results", "write_items", "write_results"]
 
 
 def _safe_name(text: str) -> str:
@@ -113,6 +113,11 @@ def write_items(uri: str, items: Iterable[UrlItem]) -> int:
 
 def write_results(uri: str, results: Iterable[Result]) -> int:
     return write_jsonl(uri, (r.to_record() for r in results))
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return bool(fs.exists(path))
 
 
 def read_items(uri: str) -> list[UrlItem]:

@@ -15,7 +15,7 @@ from include.harvest.errors import StorageUnavailable
 from include.harvest.models import Result, Status
 from include.harvest.results import IncompleteRun
 from include.harvest.settings import FetchSettings
-from include.harvest.workfiles import read_items, write_results
+from include.harvest.workfiles import RunWorkspace, read_items, write_results
 from tests.s3 import MotoServer
 
 pytest_plugins = ["tests.include.db_fixtures"]
@@ -196,3 +196,33 @@ def test_a_failed_reduce_keeps_the_work_folder_for_the_retry(
     with pytest.raises(IncompleteRun):
         pipeline.record(context(), manifest, summaries, connect=lambda: psycopg2.connect(harvest_db_dsn))
     assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 8
+
+
+def test_recording_a_run_again_after_its_work_files_were_deleted_keeps_its_rows(
+    work_uri: str, tmp_path: Path, harvest_db_dsn: str
+):
+    # A person clears record_results of a finished run: its files are gone, its rows are there.
+    manifest, summaries = run_until_the_reduce(work_uri, tmp_path)
+    connect = lambda: psycopg2.connect(harvest_db_dsn)  # noqa: E731
+    first = pipeline.record(context(), manifest, summaries, connect=connect)
+    again = pipeline.record(context(), manifest, summaries, connect=connect)
+    assert (again.urls_total, again.counts, again.run_key) == (first.urls_total, first.counts, first.run_key)
+    with psycopg2.connect(harvest_db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM harvest.downloads WHERE run_key = %s", (manifest["run_key"],))
+        assert cur.fetchone() == (len(URLS),)
+
+
+def test_a_run_whose_files_are_gone_and_never_recorded_says_to_clear_the_whole_run(
+    work_uri: str, tmp_path: Path, harvest_db_dsn: str
+):
+    manifest, summaries = run_until_the_reduce(work_uri, tmp_path)
+    RunWorkspace(work_uri, RUN_ID).remove()
+    with pytest.raises(FileNotFoundError, match=r"clear the whole run \(from read_sources\)"):
+        pipeline.record(context(), manifest, summaries, connect=lambda: psycopg2.connect(harvest_db_dsn))
+    with pytest.raises(FileNotFoundError, match=r"clear the whole run \(from read_sources\)"):
+        pipeline.download(
+            {"index": 0, "uri": summaries[0]["results_uri"].replace("results", "batches")},
+            settings=FetchSettings(),
+            storage_uri=(tmp_path / "storage").as_uri(),
+            connect=lambda: psycopg2.connect(harvest_db_dsn),
+        )
