@@ -31,6 +31,7 @@ from scripts.stack import Stack, Worker, free_port
 from tests.s3 import MotoServer
 from tests.services import RedisServer
 from tests.sites import ImageSite, serve_images
+from tests.stacks import started
 
 pytestmark = pytest.mark.e2e
 
@@ -112,41 +113,37 @@ def cluster(
 ) -> Iterator[Cluster]:
     s3_server.create_bucket(BUCKET)
     broker = RedisServer(tmp_path_factory.mktemp("broker"))
-    broker.start()
-    data = tmp_path_factory.mktemp("cluster-data")  # must stay empty: everything goes to S3
-    scratch = {name: tmp_path_factory.mktemp(f"scratch-{name}") for name in WORKERS}
-    stack = Stack.isolated(
-        "harvest_cluster",
-        home=tmp_path_factory.mktemp("cluster-home"),
-        data=data,
-        broker_db=0,
-        coordination_db=COORDINATION_DB,
-        broker_url=f"{broker.url}/0",
-        storage_uri=f"s3://{BUCKET}/storage",
-        work_uri=f"s3://{BUCKET}/work",
-        url_list_uri=f"s3://{BUCKET}/url_lists",
-        workers=tuple(Worker(name, free_port(), scratch[name]) for name in WORKERS),
-        extra_env={**s3_server.env(), "AWS_EC2_METADATA_DISABLED": "true"},
-    )
-    redis.Redis.from_url(f"{stack.redis_server}/{COORDINATION_DB}").flushdb()
     try:
-        stack.setup()
-        stack.start()
-        stack.wait_healthy(timeout=300)
-        api = AirflowAPI(stack.api_url, "admin", stack.admin_password())
-        api.wait_for_dag("harvest")
-        cluster = Cluster(stack, api, s3_server, broker, image_site, [data, *scratch.values()])
-        # Unpausing schedules today's run at once (no list in the bucket: no_source). Let it end,
-        # so every fault lands on the test's own run only.
-        cluster.wait_until(
-            "today's scheduled run ended",
-            lambda: (runs := api.runs("harvest")) and all(r["state"] in ("success", "failed") for r in runs),
-            timeout=180,
+        broker.start()
+        data = tmp_path_factory.mktemp("cluster-data")  # must stay empty: everything goes to S3
+        scratch = {name: tmp_path_factory.mktemp(f"scratch-{name}") for name in WORKERS}
+        stack = Stack.isolated(
+            "harvest_cluster",
+            home=tmp_path_factory.mktemp("cluster-home"),
+            data=data,
+            broker_db=0,
+            coordination_db=COORDINATION_DB,
+            broker_url=f"{broker.url}/0",
+            storage_uri=f"s3://{BUCKET}/storage",
+            work_uri=f"s3://{BUCKET}/work",
+            url_list_uri=f"s3://{BUCKET}/url_lists",
+            workers=tuple(Worker(name, free_port(), scratch[name]) for name in WORKERS),
+            extra_env={**s3_server.env(), "AWS_EC2_METADATA_DISABLED": "true"},
         )
-        yield cluster
+        redis.Redis.from_url(f"{stack.redis_server}/{COORDINATION_DB}").flushdb()
+        with started(stack) as api:
+            cluster = Cluster(stack, api, s3_server, broker, image_site, [data, *scratch.values()])
+            # Unpausing schedules today's run at once (no list in the bucket: no_source). Let it
+            # end, so every fault lands on the test's own run only.
+            cluster.wait_until(
+                "today's scheduled run ended",
+                lambda: (
+                    (runs := api.runs("harvest")) and all(r["state"] in ("success", "failed") for r in runs)
+                ),
+                timeout=180,
+            )
+            yield cluster
     finally:
-        stack.stop()
-        stack.drop_databases()
         broker.stop()
 
 

@@ -20,6 +20,7 @@ import redis
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import Stack
 from tests.sites import ImageSite, serve_images
+from tests.stacks import started
 
 pytestmark = pytest.mark.e2e
 
@@ -69,13 +70,5 @@ def harvest_stack(tmp_path_factory: pytest.TempPathFactory, image_site: ImageSit
     )
     for db in (BROKER_DB, COORDINATION_DB):
         redis.Redis.from_url(f"{stack.redis_server}/{db}").flushdb()
-    try:
-        stack.setup()
-        stack.start()
-        stack.wait_healthy(timeout=300)
-        api = AirflowAPI(stack.api_url, "admin", stack.admin_password())
-        api.wait_for_dag("harvest")
+    with started(stack) as api:
         yield RunningStack(stack, api, data, scheduled_urls)
-    finally:
-        stack.stop()
-        stack.drop_databases()
