@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run stop status test lint format bench compose-env airflow-env clean
 
@@ -25,8 +26,18 @@ status: $(STAMP)
 
 ## test: set everything up, then lint, type-check and run the whole test suite (end to end included);
 ## ARGS narrows it, e.g. make test ARGS=tests/cluster/test_faults.py
-test: $(STAMP) lint
+test: $(STAMP) lint $(CHROMIUM)
 	$(PY) -m pytest $(ARGS)
+
+# The browser tests (tests/e2e/test_ui.py) drive Debian's chromium through Playwright. Installed by
+# package name when missing, as bench/nginx.py installs nginx: non-interactive, as root (or with
+# sudo -n), `apt-get update` only if the first install fails.
+$(CHROMIUM):
+	@echo "chromium not found: installing Debian's chromium package with apt-get"
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get install -y --no-install-recommends chromium \
+		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+	@test -x $(CHROMIUM) || { echo "chromium could not be installed: install it (apt-get install chromium) and retry"; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

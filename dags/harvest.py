@@ -29,6 +29,9 @@ looked at in `harvest.runs`, and `record_results` ends *skipped* (no Asset event
 - `harvest.runs`: the run summary (counts per status, bytes, duration, throughput, p50/p95).
 - Asset `harvest://results/downloads` is updated when a run recorded its results.
 
+To read them in the UI: **Harvest** in the navigation bar (recent runs, charts), and the **Harvest**
+tab of a run (failing hosts, failed URLs with their errors, CSV download).
+
 ## Statuses
 `ok`, `not_modified`, `rejected`, `blocked`, `http_error`, `timeout`, `connection_error`,
 `too_large`, `too_many_redirects`, `invalid_content`, `skipped` — see the README.
@@ -119,7 +122,8 @@ def _run_context() -> Any:
     dag_run = get_current_context()["dag_run"]
     return RunContext(
         dag_run_id=dag_run.run_id,
-        run_type=str(dag_run.run_type),
+        # The enum's value ("scheduled", "manual", "backfill"): str() of the SDK's enum is its name.
+        run_type=getattr(dag_run.run_type, "value", str(dag_run.run_type)),
         logical_date=dag_run.logical_date,
         run_after=dag_run.run_after,
         started_at=dag_run.start_date,

@@ -43,10 +43,10 @@ def test_manual_run_downloads_every_url_on_celery_workers(harvest_stack: Running
         )
         rows = {url: (status, sha, uri) for url, status, sha, uri in cur.fetchall()}
         cur.execute(
-            "SELECT urls_total, status_counts, bytes_total, batches FROM harvest.runs WHERE run_key = %s",
+            "SELECT urls_total, status_counts, bytes_total, batches, run_type FROM harvest.runs WHERE run_key = %s",
             (run_id,),
         )
-        urls_total, counts, bytes_total, batch_count = cur.fetchone()
+        urls_total, counts, bytes_total, batch_count, run_type = cur.fetchone()
 
     assert set(rows) == set(expected)
     for url, sha in expected.items():
@@ -54,5 +54,5 @@ def test_manual_run_downloads_every_url_on_celery_workers(harvest_stack: Running
         assert (status, stored_sha) == ("ok", sha), url
         assert stored_path(storage_uri).exists()
         assert stored_path(storage_uri).name.startswith(sha)
-    assert (urls_total, counts, batch_count) == (30, {"ok": 30}, 3)
+    assert (urls_total, counts, batch_count, run_type) == (30, {"ok": 30}, 3, "manual")
     assert bytes_total == sum(stored_path(uri).stat().st_size for _, _, uri in rows.values())

@@ -34,19 +34,23 @@ def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+ALL_MIGRATIONS = ["0001_initial", "0002_report_indexes"]
+
+
 def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None:
-    assert pending_migrations(empty_db_dsn) == ["0001_initial"]
+    assert pending_migrations(empty_db_dsn) == ALL_MIGRATIONS
 
     applied = apply_migrations(empty_db_dsn)
 
-    assert applied == ["0001_initial"]
+    assert applied == ALL_MIGRATIONS
     tables = query(
         empty_db_dsn,
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'harvest' ORDER BY 1",
     )
     assert tables == [("downloads",), ("objects",), ("runs",), ("schema_migrations",), ("url_sources",)]
-    assert query(empty_db_dsn, "SELECT version, name FROM harvest.schema_migrations") == [
-        ("0001", "0001_initial")
+    assert query(empty_db_dsn, "SELECT version, name FROM harvest.schema_migrations ORDER BY 1") == [
+        ("0001", "0001_initial"),
+        ("0002", "0002_report_indexes"),
     ]
     assert pending_migrations(empty_db_dsn) == []
 
@@ -63,8 +67,8 @@ def test_concurrent_setups_apply_once(empty_db_dsn: str) -> None:
     with ThreadPoolExecutor(max_workers=6) as pool:
         outcomes = list(pool.map(lambda _: apply_migrations(empty_db_dsn), range(6)))
 
-    assert sorted(outcomes) == [[]] * 5 + [["0001_initial"]]
-    assert query(empty_db_dsn, "SELECT count(*) FROM harvest.schema_migrations") == [(1,)]
+    assert sorted(outcomes) == [[]] * 5 + [ALL_MIGRATIONS]
+    assert query(empty_db_dsn, "SELECT count(*) FROM harvest.schema_migrations") == [(len(ALL_MIGRATIONS),)]
 
 
 def test_only_new_files_are_applied_in_version_order(empty_db_dsn: str, tmp_path: Path) -> None:
@@ -120,7 +124,10 @@ def test_cli_uses_the_airflow_connection_env_var(empty_db_dsn: str) -> None:
     first = _cli(env={"AIRFLOW_CONN_HARVEST_DB": airflow_uri})
     second = _cli(env={"AIRFLOW_CONN_HARVEST_DB": airflow_uri})
 
-    assert (first.returncode, first.stdout.strip()) == (0, "applied 1 migration(s): 0001_initial")
+    assert (first.returncode, first.stdout.strip()) == (
+        0,
+        f"applied {len(ALL_MIGRATIONS)} migration(s): {', '.join(ALL_MIGRATIONS)}",
+    )
     assert (second.returncode, second.stdout.strip()) == (0, "schema up to date, nothing to apply")
 
 
