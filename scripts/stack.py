@@ -542,14 +542,8 @@ class Stack:
 
     def program_states(self) -> dict[str, str]:
         """State of every supervised program (RUNNING, STARTING, BACKOFF, FATAL, ...)."""
-        proc = subprocess.run(
-            [str(VENV_BIN / "supervisorctl"), "-c", str(self.home / "supervisord.conf"), "status"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
         states = {}
-        for line in proc.stdout.splitlines():
+        for line in self._supervisorctl("status").splitlines():
             parts = line.split()
             if len(parts) >= 2:
                 states[parts[0]] = parts[1]
@@ -574,16 +568,20 @@ class Stack:
 
     def program_pid(self, name: str) -> int:
         """The pid supervisord started a program with (the leader of its process group)."""
+        answer = self._supervisorctl("pid", name).strip()
+        try:
+            return int(answer)
+        except ValueError:
+            raise StackError(f"no pid for program {name}: {answer}") from None
+
+    def _supervisorctl(self, *args: str) -> str:
         proc = subprocess.run(
-            [str(VENV_BIN / "supervisorctl"), "-c", str(self.home / "supervisord.conf"), "pid", name],
+            [str(VENV_BIN / "supervisorctl"), "-c", str(self.home / "supervisord.conf"), *args],
             capture_output=True,
             text=True,
             timeout=30,
         )
-        try:
-            return int(proc.stdout.strip())
-        except ValueError:
-            raise StackError(f"no pid for program {name}: {proc.stdout.strip()}") from None
+        return proc.stdout
 
     def restart(self, timeout: float = 300, **changes: Any) -> None:
         """Stop every process, apply ``changes`` (e.g. ``broker_url=...``), start again, wait healthy."""
