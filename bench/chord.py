@@ -1,5 +1,5 @@
-"""Baseline 2, the original design (``/work/shared/seed``): one Celery task per URL in a ``chord``
-whose callback inserts every result into Postgres.
+"""Baseline 2, the original design (the seed project Harvest grew from): one Celery task per URL
+in a ``chord`` whose callback inserts every result into Postgres.
 
 ``download_image(url)`` GETs the URL and writes the bytes to a file (as the seed's
 ``urlretrieve`` did, but over a pooled keep-alive connection so the baseline is not handicapped by

@@ -14,10 +14,11 @@ read_sources ─► plan_batches ─► download_batch × N (mapped, on workers)
 |---|---|
 | the daily schedule, a backfill | `HARVEST_URL_LIST_URI/<YYYY-MM-DD>.txt` (or `.csv`, `.txt.gz`, `.csv.gz`) for the run's logical date |
 | *Trigger* with **URLs** filled in | exactly those URLs |
-| *Trigger* with **Source** | `table` (`harvest.url_sources` for the date), `file` (the day's list), or a list URI (`file://`, `s3://`, `https://…`) |
+| *Trigger* with **Source** | `table` (`harvest.url_sources` for the date), `file` (the day's list), an `https://…` list, or a list file under `HARVEST_URL_LIST_URI` or a folder of `HARVEST_LIST_ROOTS` (any other file is refused at trigger time) |
 
 A day without a list file is not a failure: the run records `outcome = no_source` with the paths it
-looked at in `harvest.runs`, and `record_results` ends *skipped* (no Asset event).
+looked at in `harvest.runs`, and `record_results` ends *skipped* (no Asset event). A list given as
+**Source** that does not exist fails the run, naming it.
 
 ## What it writes
 - `harvest.downloads`: one row per (run key, URL) with status, HTTP status, sha256, size, dimensions,
@@ -45,10 +46,17 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from include.harvest.listroots import configured_roots, source_pattern
+
 HARVEST_RESULTS = Asset(name="harvest_downloads", uri="harvest://results/downloads")
 
 # Beyond this many mapped task instances Airflow refuses to expand ([core] max_map_length).
 MAX_BATCHES = 1024
+
+# The folders a list file given as `source` may come from: HARVEST_URL_LIST_URI and HARVEST_LIST_ROOTS,
+# read from the environment (no network) when the file is parsed. The api-server validates a trigger
+# against the serialized Params, so a source outside them is refused before a run exists.
+LIST_ROOTS = configured_roots()
 
 PARAMS = {
     "urls": Param(
@@ -64,10 +72,11 @@ PARAMS = {
         title="Source",
         description=(
             "Where the URL list comes from: 'file' (the list for the run's date, the default), "
-            "'table' (harvest.url_sources for the date), or the URI of a list file "
-            "(file:///…, s3://…, https://…)."
+            "'table' (harvest.url_sources for the date), an https:// list, or the URI of a list file "
+            f"under {' or '.join(f'{root}/' for root in LIST_ROOTS)} (the operator allows more "
+            "folders with HARVEST_LIST_ROOTS)."
         ),
-        pattern=r"^(file|table|[a-z][a-z0-9+.-]*://\S+)$",
+        pattern=source_pattern(LIST_ROOTS),
     ),
     "batch_size": Param(
         None,
@@ -160,7 +169,7 @@ def harvest() -> None:
         from include.harvest import hooks, pipeline
 
         uris = hooks.deployment_uris()
-        with hooks.fail_fast_on_permanent_storage_errors():
+        with hooks.fail_fast_on_permanent_storage_errors(), hooks.fail_fast_on_refused_sources():
             return pipeline.read_sources(
                 _run_context(),
                 urls=params.get("urls"),
@@ -170,6 +179,7 @@ def harvest() -> None:
                 connect=hooks.results_db_connection,
                 settings=_fetch_settings(params),
                 storage_uri=uris["storage_uri"],
+                list_roots=configured_roots(),
             )
 
     @task

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.error
@@ -34,8 +35,11 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -208,6 +212,10 @@ class Stack:
             "HARVEST_STORAGE_URI": self.storage_uri,
             "HARVEST_WORK_URI": self.work_uri,
             "HARVEST_URL_LIST_URI": self.url_list_uri,
+            # The lists a run may read: the operator's HARVEST_LIST_ROOTS plus the demo list's folder.
+            "HARVEST_LIST_ROOTS": ",".join(
+                filter(None, [setting("HARVEST_LIST_ROOTS", ""), (self.home / "demo").as_uri()])
+            ),
             "HARVEST_REDIS_URL": f"{self.redis_server}/{self.coordination_db}",
             "HARVEST_ALLOW_HOSTS": self.allow_hosts,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -285,20 +293,19 @@ class Stack:
         created = not secrets_file.exists()
         if created:
             # Generated here, kept in the ignored AIRFLOW_HOME, never in git.
-            secrets_file.write_text(
+            write_private(
+                secrets_file,
                 json.dumps(
                     {
                         "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
                         "jwt_secret": secrets.token_urlsafe(48),
                         "api_secret_key": secrets.token_urlsafe(48),
                     }
-                )
+                ),
             )
-            secrets_file.chmod(0o600)
         if not self.password_file.exists():
             password = secrets.token_urlsafe(12)
-            self.password_file.write_text(json.dumps({"admin": password}) + "\n")
-            self.password_file.chmod(0o600)
+            write_private(self.password_file, json.dumps({"admin": password}) + "\n")
             # Shown once; afterwards it is only in the (ignored, 0600) password file.
             print(f"Airflow UI login: admin / {password}  (kept in {self.password_file})")
         keys = json.loads(secrets_file.read_text())
@@ -368,14 +375,15 @@ class Stack:
             flower_host = 127.0.0.1
             flower_port = {self.flower_port or 5555}
             """
-        (self.home / "airflow.cfg").write_text(textwrap.dedent(config))
+        # The Fernet key, the JWT secret and the metadata DB's URL: for this user's eyes only.
+        write_private(self.home / "airflow.cfg", textwrap.dedent(config))
         self.write_env_script()
         return created
 
     def write_env_script(self) -> None:
         lines = ["# source this file to use the airflow CLI against the local Harvest stack"]
         lines += [f"export {key}='{value}'" for key, value in self.environment().items()]
-        (self.home / "env.sh").write_text("\n".join(lines) + "\n")
+        write_private(self.home / "env.sh", "\n".join(lines) + "\n")  # holds the results DB's URL
 
     def run_airflow(self, *args: str, check: bool = True, timeout: float = 600) -> str:
         env = {**os.environ, **self.environment()}
@@ -428,7 +436,7 @@ class Stack:
             commands["demo-images"] = (
                 f"{sys.executable} -m http.server {self.demo_port} --bind 127.0.0.1 --directory {site}"
             )
-        env = _supervisor_environment(self.environment())
+        env = _supervisor_environment(self.environment(), expansions=2)  # see the function
         logs = self.home / "logs"
         sections = [
             textwrap.dedent(
@@ -473,23 +481,56 @@ class Stack:
             sections.append(section)
         return "\n".join(sections)
 
+    @property
+    def supervisor_conf(self) -> Path:
+        """supervisord's config; its absolute path on supervisord's command line marks our process."""
+        return (self.home / "supervisord.conf").absolute()
+
+    def write_supervisor_config(self) -> Path:
+        """Write ``supervisord.conf`` (its ``environment=`` holds the database URLs) as 0600."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        write_private(self.supervisor_conf, self.supervisor_config())
+        return self.supervisor_conf
+
     def running_pid(self) -> int | None:
+        """The pid of this stack's supervisord, or None when it is not running.
+
+        A pid in the pidfile is only trusted when that process is our supervisord: after a reboot,
+        or once supervisord died without removing the file, the pid may belong to anything.
+        """
+        proc = self._supervisord()
+        return proc.pid if proc is not None else None
+
+    def _supervisord(self) -> psutil.Process | None:
+        import psutil
+
         try:
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cmdline = proc.cmdline()
+        except psutil.Error:  # gone, a zombie, or not ours to inspect
             return None
-        return pid
+        # Started as `<venv>/bin/supervisord -c <conf>`; its script runs under the venv's python.
+        # A supervisord of this stack's config is this stack's, whoever started it. (No start time
+        # is compared: a wall-clock one moves when the clock is set, and a false "not running"
+        # would start a second supervisord.)
+        names_supervisord = any(Path(arg).name == "supervisord" for arg in cmdline[:2])
+        our_config = any(
+            flag == "-c" and value == str(self.supervisor_conf)
+            for flag, value in zip(cmdline, cmdline[1:], strict=False)
+        )
+        return proc if names_supervisord and our_config else None
 
     def start(self) -> int:
         """Start supervisord (if not already running) in its own session; return its pid."""
         if pid := self.running_pid():
             return pid
-        conf = self.home / "supervisord.conf"
-        conf.write_text(self.supervisor_config())
+        conf = self.write_supervisor_config()
         self._mark_logs()
         log = open(self.home / "logs" / "supervisord.out", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
@@ -593,18 +634,24 @@ class Stack:
         self.wait_healthy(timeout=timeout)
 
     def stop(self, timeout: float = 60) -> bool:
-        """Stop supervisord and everything under it, by pid. Return True if something was running."""
+        """Stop supervisord and everything under it, by pid. Return True if something was running.
+
+        A pidfile whose pid is not this stack's supervisord (see :meth:`running_pid`) is removed and
+        nothing is signalled.
+        """
         import psutil
 
-        pid = self.running_pid()
-        if pid is None:
+        supervisord = self._supervisord()
+        if supervisord is None:
             self.pidfile.unlink(missing_ok=True)
             return False
         try:
-            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            tree = [supervisord, *supervisord.children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
-        os.kill(pid, signal.SIGTERM)
+        # Through the checked Process: psutil refuses to signal a pid that was reused meanwhile.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            supervisord.send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs(tree, timeout=timeout)
         for proc in alive:  # anything that ignored supervisord's stop: by its pid, not by name
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -614,19 +661,44 @@ class Stack:
         return True
 
 
-def _supervisor_environment(values: dict[str, str]) -> str:
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), never by anyone else.
+
+    The text goes to a new file that ``mkstemp`` creates with mode 0600 whatever the umask, which is
+    then renamed over ``path``: there is no moment the secrets are in a file others may read, and a
+    file an earlier version left world-readable is replaced, not rewritten in place.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _supervisor_environment(values: dict[str, str], *, expansions: int = 1) -> str:
     """An ``environment=`` value for supervisord.
 
-    supervisord expands ``%(name)s`` in it, so a literal ``%`` (a URL-encoded password) is doubled.
-    It splits the value with a non-POSIX shlex: no escapes, a quoted token keeps its quotes, so a
-    value is wrapped in the one kind of quote it does not contain.
+    supervisord expands ``%(name)s`` in it, so a literal ``%`` (a URL-encoded password) is doubled
+    once per expansion: the ``[supervisord]`` section's value is expanded twice (supervisor 4.3
+    expands it when reading the option and again when parsing it), a ``[program:x]`` one once.
+    It splits the value with a non-POSIX shlex: no escapes, a quoted token keeps its quotes (then
+    stripped from both ends), so a value is wrapped in the one kind of quote it does not contain.
     """
 
     def quoted(key: str, value: str) -> str:
         quote = '"' if '"' not in value else "'"
-        if quote in value or value[-1:] in ("'", '"'):
-            raise StackError(f"{key} holds both kinds of quote, which supervisord cannot pass on")
-        return quote + value.replace("%", "%%") + quote
+        if quote in value or value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+            raise StackError(
+                f"{key} holds both kinds of quote, or starts or ends with one, which supervisord "
+                "cannot pass on"
+            )
+        if "\n" in value or "\r" in value:
+            raise StackError(f"{key} holds a line break, which supervisord cannot pass on")
+        return quote + value.replace("%", "%" * 2**expansions) + quote
 
     return ",".join(f"{key}={quoted(key, value)}" for key, value in values.items())
 

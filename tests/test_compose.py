@@ -550,7 +550,8 @@ def test_lock_pins_the_same_airflow_as_the_image_and_a_working_celery() -> None:
     )
     pins = {k.strip().lower(): v.strip() for k, v in pins.items()}
     assert pins.get("apache-airflow") == AIRFLOW_VERSION
-    # celery 5.7.0 breaks apache-airflow-providers-celery 3.26.0 (DESIGN.md, known traps).
+    # celery 5.7.0 breaks apache-airflow-providers-celery 3.26.0: "cannot import name 'retry' from
+    # 'celery.backends.database'", and the scheduler then cannot load the CeleryExecutor.
     assert pins.get("celery", "").startswith("5.6."), pins.get("celery")
 
 

@@ -1,106 +1,83 @@
 """Harvest: download URL lists on Airflow/Celery workers and record every outcome in Postgres.
 
 The library the DAGs call. Each part lives in a small module; the names a DAG needs are
-re-exported here.
+re-exported here, and imported only when first used (PEP 562): importing a light module such as
+``include.harvest.listroots`` at DAG parse time must not load the download engine, Pillow or the
+database drivers.
 """
 
-# sources, URL normalisation, batch planning, results database (issue 4)
-from include.harvest.migrations import MigrationError, apply_migrations
-from include.harvest.planning import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCHES, describe_batch, plan_batches
-from include.harvest.results import RunInfo, RunSummary, load_previous, record_run
-from include.harvest.sources import (
-    SourceError,
-    SourceFormatError,
-    SourceNotFound,
-    SourceRead,
-    list_path_for,
-    parse_manual,
-    read_list,
-    read_list_for_date,
-    read_remote_list,
-    read_table,
-)
-from include.harvest.urls import InvalidUrl, normalize_url
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_MAX_BATCHES",
-    "InvalidUrl",
-    "MigrationError",
-    "RunInfo",
-    "RunSummary",
-    "SourceError",
-    "SourceFormatError",
-    "SourceNotFound",
-    "SourceRead",
-    "apply_migrations",
-    "describe_batch",
-    "list_path_for",
-    "load_previous",
-    "normalize_url",
-    "parse_manual",
-    "plan_batches",
-    "read_list",
-    "read_list_for_date",
-    "read_remote_list",
-    "read_table",
-    "record_run",
-]
+import importlib
+from typing import Any
 
-# download engine: fetching, address guard, content checks, storage, per-host limits (issue 3)
-from include.harvest.content import ContentInfo, inspect_content, sniff  # noqa: E402
-from include.harvest.errors import (  # noqa: E402
-    Blocked,
-    ConnectionFailed,
-    DownloadError,
-    HttpError,
-    InvalidContent,
-    PermanentError,
-    Rejected,
-    RetryableError,
-    RetryableHttpStatus,
-    Timeout,
-    TlsFailed,
-    TooLarge,
-    TooManyRedirects,
-    Unresolvable,
-)
-from include.harvest.fetch import fetch_batch, fetch_bytes  # noqa: E402
-from include.harvest.guard import AddressGuard, parse_target  # noqa: E402
-from include.harvest.hostlimits import HostLimits, LocalHostLimits, RedisHostLimits, host_limits_for  # noqa: E402
-from include.harvest.models import Result, Status, UrlItem  # noqa: E402
-from include.harvest.settings import FetchSettings  # noqa: E402
-from include.harvest.storage import ContentAddressedStore  # noqa: E402
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AddressGuard": "guard",
+    "Blocked": "errors",
+    "ConnectionFailed": "errors",
+    "ContentAddressedStore": "storage",
+    "ContentInfo": "content",
+    "DEFAULT_BATCH_SIZE": "planning",
+    "DEFAULT_MAX_BATCHES": "planning",
+    "DownloadError": "errors",
+    "FetchSettings": "settings",
+    "HostLimits": "hostlimits",
+    "HttpError": "errors",
+    "InvalidContent": "errors",
+    "InvalidUrl": "urls",
+    "LocalHostLimits": "hostlimits",
+    "MigrationError": "migrations",
+    "PermanentError": "errors",
+    "RedisHostLimits": "hostlimits",
+    "Rejected": "errors",
+    "Result": "models",
+    "RetryableError": "errors",
+    "RetryableHttpStatus": "errors",
+    "RunInfo": "results",
+    "RunSummary": "results",
+    "SourceError": "sources",
+    "SourceFormatError": "sources",
+    "SourceNotFound": "sources",
+    "SourceRead": "sources",
+    "Status": "models",
+    "Timeout": "errors",
+    "TlsFailed": "errors",
+    "TooLarge": "errors",
+    "TooManyRedirects": "errors",
+    "Unresolvable": "errors",
+    "UrlItem": "models",
+    "apply_migrations": "migrations",
+    "describe_batch": "planning",
+    "fetch_batch": "fetch",
+    "fetch_bytes": "fetch",
+    "host_limits_for": "hostlimits",
+    "inspect_content": "content",
+    "list_path_for": "sources",
+    "load_previous": "results",
+    "normalize_url": "urls",
+    "parse_manual": "sources",
+    "parse_target": "guard",
+    "plan_batches": "planning",
+    "read_list": "sources",
+    "read_list_for_date": "sources",
+    "read_remote_list": "sources",
+    "read_table": "sources",
+    "record_run": "results",
+    "sniff": "content",
+}
 
-__all__ += [
-    "AddressGuard",
-    "Blocked",
-    "ConnectionFailed",
-    "ContentAddressedStore",
-    "ContentInfo",
-    "DownloadError",
-    "FetchSettings",
-    "HostLimits",
-    "HttpError",
-    "InvalidContent",
-    "LocalHostLimits",
-    "PermanentError",
-    "RedisHostLimits",
-    "Rejected",
-    "Result",
-    "RetryableError",
-    "RetryableHttpStatus",
-    "Status",
-    "Timeout",
-    "TlsFailed",
-    "TooLarge",
-    "TooManyRedirects",
-    "Unresolvable",
-    "UrlItem",
-    "fetch_batch",
-    "fetch_bytes",
-    "host_limits_for",
-    "inspect_content",
-    "parse_target",
-    "sniff",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # next time, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -16,6 +16,7 @@ __all__ = [
     "RESULTS_CONN_ID",
     "deployment_uris",
     "fail_fast_on_permanent_storage_errors",
+    "fail_fast_on_refused_sources",
     "keep_work_files",
     "machine_hostname",
     "results_db_connection",
@@ -79,4 +80,18 @@ def fail_fast_on_permanent_storage_errors() -> Iterator[None]:
     except StorageUnavailable as exc:
         if exc.retryable:
             raise
+        raise AirflowFailException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def fail_fast_on_refused_sources() -> Iterator[None]:
+    """Turn a source outside the allowed roots, or an explicit list that does not exist, into
+    Airflow's "fail without retrying", keeping its message: waiting fixes neither."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.harvest.sources import SourceNotAllowed, SourceNotFound
+
+    try:
+        yield
+    except (SourceNotAllowed, SourceNotFound) as exc:
         raise AirflowFailException(str(exc)) from exc

@@ -28,7 +28,7 @@ class Status(enum.StrEnum):
     TOO_LARGE = "too_large"  # body over the size cap (declared or counted)
     TOO_MANY_REDIRECTS = "too_many_redirects"  # redirect chain longer than the cap, or a loop
     INVALID_CONTENT = "invalid_content"  # not an acceptable image: wrong type, truncated, bomb
-    SKIPPED = "skipped"  # not attempted: the host's circuit is open or the batch deadline passed
+    SKIPPED = "skipped"  # not attempted: the batch deadline (HARVEST_BATCH_DEADLINE) had passed
 
 
 TERMINAL_OK = frozenset({Status.OK, Status.NOT_MODIFIED})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -86,6 +86,33 @@ def _reads_list_of_its_date(urls: str | list[str] | None, source: str | None) ->
     return _reads_dated_list(urls, source) or (not urls and source == "table")
 
 
+def _is_remote_list(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _check_source_allowed(
+    urls: str | list[str] | None, source: str | None, *, list_base_uri: str, list_roots: Sequence[str]
+) -> None:
+    """Refuse an explicit list file outside the URL-list base and ``HARVEST_LIST_ROOTS``.
+
+    The ``source`` Param's pattern refuses it at trigger time already; this covers the paths that
+    skip that check (``dag.test()``, a Param default) and the ones a pattern cannot see (symlinks).
+    """
+    if urls or _reads_list_of_its_date(urls, source) or source is None or _is_remote_list(source):
+        return
+    from include.harvest.listroots import URL_LIST_SETTING, normalise_root
+
+    roots = [normalise_root(list_base_uri, setting=URL_LIST_SETTING), *list_roots]
+    sources.check_source_allowed(source, roots)
+
+
+def _looked_for(ctx: RunContext, source: str | None, list_base_uri: str) -> str:
+    """What a run that found no list of its date records as its source."""
+    if source == "table":
+        return f"harvest.url_sources (list_date = {ctx.list_date.isoformat()})"
+    return f"list for {ctx.list_date} under {list_base_uri}"
+
+
 def _read_source(
     ctx: RunContext,
     *,
@@ -103,7 +130,7 @@ def _read_source(
         with closing(connect()) as conn:
             return sources.read_table(conn, ctx.list_date)
     assert source is not None
-    if source.startswith(("http://", "https://")):
+    if _is_remote_list(source):
         from include.harvest.fetch import fetch_bytes
 
         return sources.read_remote_list(
@@ -122,8 +149,13 @@ def read_sources(
     connect: Connect,
     settings: FetchSettings,
     storage_uri: str | None = None,
+    list_roots: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Read, normalise and de-duplicate the run's URLs into the workspace; return the manifest.
+
+    An explicit list file (``source``) must lie under ``list_base_uri`` or one of ``list_roots``
+    (``HARVEST_LIST_ROOTS``), or :class:`~.sources.SourceNotAllowed` is raised before anything is
+    touched.
 
     First, before anything is read, the run's URIs are checked (:func:`.objectstore.check_access`):
     storage (``storage_uri``, when given) and work files must be writable, and the list folder
@@ -131,9 +163,12 @@ def read_sources(
     unreachable endpoint stop the run here with a :class:`~.errors.StorageUnavailable` naming the
     URI and what to fix, not after the downloads.
 
-    A missing list file for the date is not an error of the pipeline: the manifest says
-    ``outcome = "no_source"`` with the paths looked at, and the reduce records that reason.
+    A missing list for the date (in the list folder or ``harvest.url_sources``) is not an error of
+    the pipeline: the manifest says ``outcome = "no_source"`` with the paths looked at, and the
+    reduce records that reason. A list given explicitly that does not exist is an error: it raises
+    :class:`~.sources.SourceNotFound` naming it.
     """
+    _check_source_allowed(urls, source, list_base_uri=list_base_uri, list_roots=list_roots)
     if storage_uri is not None:
         check_access(storage_uri, setting="HARVEST_STORAGE_URI", write=True)
     check_access(work_uri, setting="HARVEST_WORK_URI", write=True)
@@ -154,12 +189,18 @@ def read_sources(
             ctx, urls=urls, source=source, list_base_uri=list_base_uri, connect=connect, settings=settings
         )
     except sources.SourceNotFound as exc:
+        if not _reads_list_of_its_date(urls, source):
+            raise sources.SourceNotFound(
+                f"the list given as source does not exist: {source}. Check the URI, or leave source "
+                "empty to read the list of the run's date",
+                exc.candidates,
+            ) from exc
         log.warning("No URL list for %s: %s", ctx.list_date, exc)
         write_items(workspace.items_uri, [])
         write_results(workspace.rejected_uri, [])
         return {
             **manifest,
-            "source": f"list for {ctx.list_date} under {list_base_uri}",
+            "source": _looked_for(ctx, source, list_base_uri),
             "urls": 0,
             "rejected": 0,
             "duplicates": 0,
@@ -224,7 +265,8 @@ def download(
 
     Finished results are checkpointed while the batch runs (:mod:`.checkpoints`). A retry of an
     attempt that was killed or failed reuses every result of it whose blob is in the store, and
-    fetches only the other URLs.
+    fetches only the other URLs. A URL is asked conditionally (ETag / Last-Modified of its last
+    stored copy) only when that copy's blob is in this store; otherwise it is downloaded in full.
     """
     from include.harvest import checkpoints
     from include.harvest.fetch import fetch_batch
@@ -256,7 +298,17 @@ def download(
     previous: dict[str, Result] = {}
     if to_fetch and use_previous and settings.conditional_requests:
         with closing(connect()) as conn:
-            previous = results.load_previous(conn, to_fetch)
+            recorded = results.load_previous(conn, to_fetch)
+        # A 304 only confirms the copy we hold: trust it only if its blob is in this store (not
+        # deleted, not in a store the operator moved away from); otherwise download in full.
+        previous = checkpoints.reusable_results(recorded, to_fetch, store) if recorded else {}
+        if len(previous) < len(recorded):
+            log.info(
+                "%d of %d earlier copies are not in %s: downloading them in full",
+                len(recorded) - len(previous),
+                len(recorded),
+                storage_uri,
+            )
     checkpoint = checkpoints.BatchCheckpoint(partial_uri, log=log) if partial_uri else None
     with checkpoint or nullcontext():
         fetched = fetch_batch(

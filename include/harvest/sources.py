@@ -9,6 +9,9 @@ Sources:
 - the ``harvest.url_sources`` table (:func:`read_table`);
 - the ``urls`` Param of a manual run (:func:`parse_manual`).
 
+An explicit list file must lie under an allowed root (:mod:`include.harvest.listroots`): the caller checks
+it with :func:`check_source_allowed` before reading it.
+
 Every URL is normalised (:func:`include.harvest.urls.normalize_url`) and de-duplicated, keeping its
 first occurrence. A line that is not a usable URL never raises: it becomes a ``rejected``
 :class:`~include.harvest.models.Result` with the line number and the reason.
@@ -17,7 +20,8 @@ Errors::
 
     SourceError            the source cannot be read at all
     ├── SourceNotFound     no list where one was expected (the message names every path tried)
-    └── SourceFormatError  the list exists but its shape is wrong (e.g. a CSV without a url column)
+    ├── SourceFormatError  the list exists but its shape is wrong (e.g. a CSV without a url column)
+    └── SourceNotAllowed   the list is outside the allowed roots (HARVEST_LIST_ROOTS)
 
 Formats:
 
@@ -34,12 +38,14 @@ import csv
 import gzip
 import io
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import IO, Any
 
+from include.harvest.listroots import LIST_ROOTS_SETTING, normalise_root
 from include.harvest.models import Result, Status, UrlItem
 from include.harvest.urls import MAX_URL_LENGTH, InvalidUrl, normalize_url
 
@@ -47,8 +53,10 @@ __all__ = [
     "LIST_SUFFIXES",
     "SourceError",
     "SourceFormatError",
+    "SourceNotAllowed",
     "SourceNotFound",
     "SourceRead",
+    "check_source_allowed",
     "list_path_for",
     "parse_manual",
     "read_list",
@@ -81,6 +89,10 @@ class SourceNotFound(SourceError, FileNotFoundError):
 
 class SourceFormatError(SourceError, ValueError):
     """The list exists but cannot be parsed (e.g. a CSV without a ``url`` column)."""
+
+
+class SourceNotAllowed(SourceError, PermissionError):
+    """The list is not under an allowed root (``HARVEST_URL_LIST_URI``, ``HARVEST_LIST_ROOTS``)."""
 
 
 @dataclass(slots=True)
@@ -163,6 +175,40 @@ def _rejected_key(raw: str, line: int) -> str:
         head = text.encode("utf-8")[: MAX_URL_LENGTH - 40].decode("utf-8", "ignore")
         text = f"{head}... (cut, line {line})"
     return text
+
+
+# --- allowed roots -----------------------------------------------------------------------------
+
+
+def check_source_allowed(source: str, roots: Sequence[str]) -> None:
+    """Raise :class:`SourceNotAllowed` unless the list file ``source`` lies under one of ``roots``.
+
+    ``roots`` are URIs (:func:`include.harvest.listroots.normalise_root`). A ``..`` segment or fsspec
+    chaining (``::``) is refused outright. A ``file://`` source is resolved (``os.path.realpath``)
+    and must stay under its resolved root, so a symlink cannot lead out of it; any other scheme
+    (``s3://``, ``memory://``) must start with the root's prefix followed by ``/``.
+    """
+    allowed = [normalise_root(root) for root in roots]
+    scheme, sep, rest = source.partition("://")
+    scheme = scheme.lower()
+    if sep and "::" not in source and ".." not in rest.split("/"):
+        for root in allowed:
+            root_scheme, _, root_rest = root.partition("://")
+            if scheme != root_scheme:
+                continue
+            if scheme == "file":
+                if not rest.startswith("/"):
+                    continue
+                real, real_root = os.path.realpath(rest), os.path.realpath(root_rest)
+                if real != real_root and os.path.commonpath([real, real_root]) == real_root:
+                    return
+            elif rest.startswith(f"{root_rest}/") and len(rest) > len(root_rest) + 1:
+                return
+    raise SourceNotAllowed(
+        f"source {source!r} is not a list under an allowed folder ({', '.join(allowed)}; "
+        "'..' and symlinks may not lead out of them). Put the list there, or have the operator add "
+        f"its folder to {LIST_ROOTS_SETTING} (comma-separated URIs, e.g. file:///srv/lists,s3://bucket/lists)"
+    )
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -384,21 +430,15 @@ def read_table(conn: Any, day: date) -> SourceRead:
 
 
 def parse_manual(urls: str | Sequence[str]) -> SourceRead:
-    """Read the ``urls`` Param: text with URLs separated by newlines or any whitespace, or a list.
+    """Read the ``urls`` Param: text with one URL a line, or a list of URLs.
 
-    In text, ``#`` comment lines are ignored and ``line`` is the text's line number; in a list,
-    each entry is one URL and ``line`` is its position (1-based).
+    In text, a line is the unit, as in a list file: blank and ``#`` comment lines are ignored, and
+    a line that is not one usable URL (``not a url``, two URLs on one line) is one ``rejected`` row
+    whose error names the line. In a list, each entry is one URL and ``line`` is its position
+    (1-based).
     """
     if isinstance(urls, str):
-        collector = _Collector("urls param")
-        for number, line in enumerate(urls.splitlines(), start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            comment = _INLINE_COMMENT.search(text)
-            for token in (text[: comment.start()] if comment else text).split():
-                collector.add(token, number)
-        return collector.read
+        return _parse_txt(urls.splitlines(), "urls param")
     collector = _Collector("urls param", line_word="entry")
     for number, entry in enumerate(urls, start=1):
         if not isinstance(entry, str):

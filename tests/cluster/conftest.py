@@ -36,6 +36,7 @@ from tests.stacks import started
 pytestmark = pytest.mark.e2e
 
 BUCKET = "harvest-cluster"
+GONE_BUCKET = "harvest-no-such-bucket"  # never created
 # Redis database of the per-host limits: away from make run (1), the bench (9), tests/e2e (11)
 # and the engine tests (13).
 COORDINATION_DB = 12
@@ -128,7 +129,12 @@ def cluster(
             work_uri=f"s3://{BUCKET}/work",
             url_list_uri=f"s3://{BUCKET}/url_lists",
             workers=tuple(Worker(name, free_port(), scratch[name]) for name in WORKERS),
-            extra_env={**s3_server.env(), "AWS_EC2_METADATA_DISABLED": "true"},
+            extra_env={
+                **s3_server.env(),
+                "AWS_EC2_METADATA_DISABLED": "true",
+                # An allowed list folder whose bucket is gone (a typo, a deleted bucket).
+                "HARVEST_LIST_ROOTS": f"s3://{GONE_BUCKET}/lists",
+            },
         )
         redis.Redis.from_url(f"{stack.redis_server}/{COORDINATION_DB}").flushdb()
         with started(stack) as api:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.conftest import BUCKET, WORKERS, Cluster, assert_recorded_exactly
+from tests.cluster.conftest import BUCKET, GONE_BUCKET, WORKERS, Cluster, assert_recorded_exactly
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +67,7 @@ def test_batches_run_on_both_workers_and_every_url_is_recorded_once(cluster: Clu
 
 
 def test_a_list_in_a_bucket_that_does_not_exist_fails_the_run_at_once_naming_it(cluster: Cluster):
-    source = "s3://harvest-no-such-bucket/lists/today.txt"
+    source = f"s3://{GONE_BUCKET}/lists/today.txt"  # an allowed root (HARVEST_LIST_ROOTS), no bucket
     run_id = cluster.trigger({"source": source})
     cluster.api.wait_for_run("harvest", run_id, timeout=180, expect="failed")
 

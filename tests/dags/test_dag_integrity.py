@@ -77,3 +77,67 @@ def test_harvest_shape(dagbag: DagBag):
     record = dag.get_task("record_results")
     assert record.trigger_rule == "none_failed"  # an empty list skips the mapped task, not the reduce
     assert not dag.catchup
+
+
+def _parsed_harvest(monkeypatch: pytest.MonkeyPatch, **env: str) -> object:
+    for name in ("HARVEST_URL_LIST_URI", "HARVEST_LIST_ROOTS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.dags["harvest"]
+
+
+def _accepts(dag: object, source: object) -> bool:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    try:
+        dag.params.get_param("source").resolve(source)  # type: ignore[attr-defined]
+    except ParamValidationError:
+        return False
+    return True
+
+
+def test_the_source_param_refuses_files_outside_the_list_roots_at_trigger_time(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Airflow validates a trigger's conf against these Params: a refusal is a form error / HTTP 400.
+    dag = _parsed_harvest(
+        monkeypatch,
+        HARVEST_URL_LIST_URI="file:///srv/url_lists/",
+        HARVEST_LIST_ROOTS="file:///srv/more,s3://b/lists",
+    )
+    for allowed in (
+        None,
+        "file",
+        "table",
+        "https://lists.example.com/today.txt",
+        "file:///srv/url_lists/extra.txt",
+        "file:///srv/more/2026/a.csv.gz",
+        "s3://b/lists/today.txt",
+    ):
+        assert _accepts(dag, allowed), allowed
+    for refused in (
+        "file:///etc/passwd",
+        "file:///proc/self/environ",
+        "/etc/passwd",
+        "file:///srv/url_lists/../../etc/passwd",
+        "file:///srv/url_lists/sub/..",
+        "file:///srv/url_lists",
+        "file:///srv/url_lists-private/a.txt",
+        "s3://b/lists-private/a.txt",
+        "s3://other/lists/a.txt",
+        "file:///srv/more/a.txt::file:///etc/passwd",
+        "memory://x/a.txt",
+        "not a uri",
+        "",
+    ):
+        assert not _accepts(dag, refused), refused
+
+
+def test_without_settings_only_the_repos_url_list_folder_is_a_root(monkeypatch: pytest.MonkeyPatch):
+    dag = _parsed_harvest(monkeypatch)
+    base = (DAGS.parent / "data" / "url_lists").as_uri()
+    assert _accepts(dag, f"{base}/today.txt")
+    assert not _accepts(dag, (DAGS / "harvest.py").as_uri())

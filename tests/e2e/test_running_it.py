@@ -121,6 +121,45 @@ def test_manual_trigger_with_invalid_conf_is_refused_and_creates_no_run(harvest_
     assert len(harvest_stack.api.runs("harvest")) == before
 
 
+def test_a_source_outside_the_list_folders_is_refused_at_trigger_and_creates_no_run(
+    harvest_stack: RunningStack,
+):
+    before = len(harvest_stack.api.runs("harvest"))
+    url_lists = harvest_stack.url_lists.as_uri()
+    for source in (
+        "file:///etc/passwd",
+        "file:///proc/self/environ",
+        f"{url_lists}/../../../../etc/passwd",
+        (harvest_stack.data / "elsewhere.txt").as_uri(),
+    ):
+        response = harvest_stack.api.trigger("harvest", {"source": source})
+        assert response.status_code == 400, (source, response.status_code, response.text)
+        assert "source" in response.text
+    assert len(harvest_stack.api.runs("harvest")) == before
+
+
+def test_an_explicit_source_that_does_not_exist_fails_the_run_naming_it(harvest_stack: RunningStack):
+    missing = f"{harvest_stack.url_lists.as_uri()}/no-such-list.txt"
+    api = harvest_stack.api
+    response = api.trigger("harvest", {"source": missing})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    api.wait_for_run("harvest", run_id, expect="failed")
+
+    (read,) = [ti for ti in api.task_instances("harvest", run_id) if ti["task_id"] == "read_sources"]
+    assert (read["state"], read["try_number"]) == ("failed", 1)  # no retries: waiting cannot fix it
+    log = api.request(
+        "GET",
+        f"/dags/harvest/dagRuns/{run_id}/taskInstances/read_sources/logs/1",
+        params={"full_content": True},
+    )
+    assert log.status_code == 200, log.text
+    assert f"the list given as source does not exist: {missing}" in log.text
+    with harvest_stack.results_db() as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM harvest.runs WHERE dag_run_id = %s", (run_id,))
+        assert cur.fetchone() == (0,)  # not recorded as a day without data
+
+
 def test_record_results_run_twice_leaves_no_duplicates(harvest_stack: RunningStack, image_site: ImageSite):
     expected = image_site.add_images("retry", 5, seed=7)
     api = harvest_stack.api
@@ -143,7 +182,7 @@ def test_record_results_run_twice_leaves_no_duplicates(harvest_stack: RunningSta
 
 
 def test_empty_list_succeeds_with_zero_downloads_and_a_summary(harvest_stack: RunningStack):
-    empty = harvest_stack.data / "empty.txt"
+    empty = harvest_stack.url_lists / "empty.txt"  # an explicit list must be in an allowed folder
     empty.write_text("# nothing today\n\n")
     api = harvest_stack.api
     run_id = api.trigger("harvest", {"source": empty.as_uri()}).json()["dag_run_id"]

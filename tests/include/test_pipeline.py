@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import shutil
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from include.harvest.fetch import fetch_batch
 from include.harvest.models import Result, Status
 from include.harvest.results import IncompleteRun
 from include.harvest.settings import FetchSettings
+from include.harvest.sources import SourceNotAllowed, SourceNotFound
 from include.harvest.storage import ContentAddressedStore
 from include.harvest.workfiles import read_items, read_results, write_results
 
@@ -45,8 +48,9 @@ def read(tmp_path: Path, **kwargs) -> dict:
         source=kwargs.get("source"),
         list_base_uri=(tmp_path / "lists").as_uri(),
         work_uri=(tmp_path / "work").as_uri(),
-        connect=no_db,
+        connect=kwargs.get("connect", no_db),
         settings=FetchSettings(),
+        list_roots=kwargs.get("list_roots", ()),
     )
 
 
@@ -93,9 +97,50 @@ def test_every_run_of_a_dates_list_shares_the_dates_run_key(tmp_path: Path):
 
 def test_a_run_given_its_own_urls_is_keyed_by_its_logical_date_or_run_id(tmp_path: Path):
     assert read(tmp_path, urls="https://a.example.com/1.jpg")["run_key"] == DAY.isoformat()
-    assert read(tmp_path, source=(tmp_path / "own.txt").as_uri())["run_key"] == DAY.isoformat()
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "own.txt").write_text("https://a.example.com/1.jpg\n")
+    assert read(tmp_path, source=(tmp_path / "lists" / "own.txt").as_uri())["run_key"] == DAY.isoformat()
     undated = pipeline.RunContext(dag_run_id="manual__x", run_type="manual", logical_date=None, run_after=DAY)
     assert undated.run_key(reads_dated_list=False) == "manual__x"
+
+
+def test_a_list_outside_the_allowed_roots_is_refused_before_anything_is_read(tmp_path: Path):
+    secret = tmp_path / "secret" / "passwords.txt"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+
+    for source in (
+        "file:///etc/passwd",
+        secret.as_uri(),
+        f"{(tmp_path / 'lists').as_uri()}/../secret/passwords.txt",
+    ):
+        with pytest.raises(SourceNotAllowed, match="HARVEST_LIST_ROOTS"):
+            read(tmp_path, source=source)
+    assert not (tmp_path / "work").exists()  # refused before the run wrote anything
+
+    # An operator allows the folder: the same list is read.
+    manifest = read(tmp_path, source=secret.as_uri(), list_roots=[secret.parent.as_uri()])
+    assert (manifest["source"], manifest["rejected"]) == (secret.as_uri(), 1)
+
+
+def test_an_explicit_source_that_does_not_exist_fails_naming_it(tmp_path: Path):
+    (tmp_path / "lists").mkdir()
+    missing = f"{(tmp_path / 'lists').as_uri()}/typo.txt"
+
+    with pytest.raises(SourceNotFound, match=f"the list given as source does not exist: {missing}"):
+        read(tmp_path, source=missing)
+    # Only the list of the run's date may be missing: that is recorded as no_source.
+    assert read(tmp_path, source="file")["outcome"] == "no_source"
+
+
+def test_a_date_without_rows_in_the_table_records_the_table_as_its_source(
+    tmp_path: Path, harvest_db_dsn: str
+):
+    manifest = read(tmp_path, source="table", connect=lambda: psycopg2.connect(harvest_db_dsn))
+
+    assert manifest["outcome"] == "no_source"
+    assert manifest["source"] == "harvest.url_sources (list_date = 2026-05-04)"
+    assert manifest["run_key"] == "2026-05-04"
 
 
 def test_manual_urls_take_precedence_and_bad_lines_are_rejected_not_raised(tmp_path: Path):
@@ -272,3 +317,86 @@ def test_a_retry_after_the_results_file_was_written_gives_the_same_rows(
 
     assert second == first
     assert [row[0] for row in second] == urls
+
+
+# -- conditional requests only for copies the current store holds --------------------------------
+
+
+def run_once(
+    run_id: str, urls: list[str], *, tmp_path: Path, settings: FetchSettings, storage_uri: str, dsn: str
+) -> list[tuple[str, str, str | None, str | None]]:
+    """One whole run of ``urls`` (read, plan, download, record); its rows as (url, status, sha256, uri)."""
+    ctx = pipeline.RunContext(dag_run_id=run_id, run_type="manual", logical_date=None, run_after=DAY)
+    work_uri = (tmp_path / "work").as_uri()
+
+    def connect() -> Any:
+        return psycopg2.connect(dsn)
+
+    manifest = pipeline.read_sources(
+        ctx,
+        urls="\n".join(urls),
+        source=None,
+        list_base_uri=(tmp_path / "lists").as_uri(),
+        work_uri=work_uri,
+        connect=no_db,
+        settings=settings,
+    )
+    batches = pipeline.plan(manifest, work_uri=work_uri, dag_run_id=run_id, batch_size=None, max_batches=1)
+    summaries = [
+        pipeline.download(batch, settings=settings, storage_uri=storage_uri, connect=connect)
+        for batch in batches
+    ]
+    pipeline.record(ctx, manifest, summaries, connect=connect)
+    with closing(connect()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT url, status, sha256, storage_uri FROM harvest.downloads WHERE run_key = %s ORDER BY url",
+            (run_id,),
+        )
+        return cur.fetchall()
+
+
+def blob_sha256(storage_uri: str) -> str:
+    return sha256_of(Path(storage_uri.removeprefix("file://")).read_bytes())
+
+
+@pytest.mark.parametrize("store_change", ["cleared", "moved"])
+def test_a_url_whose_stored_copy_is_not_in_the_current_store_is_downloaded_in_full(
+    tmp_path: Path,
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    harvest_db_dsn: str,
+    images: Images,
+    store_change: str,
+):
+    # /etag.jpg answers 304 to its ETag; /ok.png has no validators (always a full GET).
+    urls = sorted(unique_urls(hostile_server, "/etag.jpg", "/ok.png"))
+    etag_url = next(url for url in urls if "/etag.jpg" in url)
+    etag_path = etag_url.split(str(hostile_server.port), 1)[1]
+    first_store = tmp_path / "storage"
+    run = {"tmp_path": tmp_path, "settings": fast_settings, "dsn": harvest_db_dsn}
+    first = run_once("manual__first", urls, storage_uri=first_store.as_uri(), **run)
+    assert [status for _, status, _, _ in first] == ["ok", "ok"]
+
+    if store_change == "cleared":  # `make clean`, or a checkout sharing another one's database
+        shutil.rmtree(first_store)
+        second_store = first_store
+    else:  # HARVEST_STORAGE_URI moved (to S3, another disk); the old store is still there
+        second_store = tmp_path / "moved-storage"
+    second = run_once("manual__second", urls, storage_uri=second_store.as_uri(), **run)
+
+    assert [status for _, status, _, _ in second] == ["ok", "ok"]
+    expected = {etag_url: sha256_of(images.etag_jpeg)}
+    for url, _, sha256, storage_uri in second:
+        assert storage_uri.startswith(second_store.as_uri() + "/")
+        assert blob_sha256(storage_uri) == sha256
+        assert expected.get(url, sha256) == sha256
+    [_, refetch] = hostile_server.hits(etag_path)
+    assert "If-None-Match" not in refetch.headers  # a full GET, not a conditional one
+    assert "If-Modified-Since" not in refetch.headers
+
+    # With the copy in the store again, the next run asks conditionally and keeps it.
+    third = run_once("manual__third", urls, storage_uri=second_store.as_uri(), **run)
+    assert dict((url, status) for url, status, _, _ in third)[etag_url] == "not_modified"
+    assert hostile_server.hits(etag_path)[-1].headers.get("If-None-Match") == '"v1"'
+    for _, _, sha256, storage_uri in third:
+        assert blob_sha256(storage_uri) == sha256

@@ -97,6 +97,7 @@ def test_a_source_list_in_a_missing_bucket_is_an_error_naming_it(s3_server: Moto
             connect=no_db,
             settings=FetchSettings(),
             storage_uri=(tmp_path / "storage").as_uri(),
+            list_roots=["s3://harvest-no-such-lists"],  # allowed (HARVEST_LIST_ROOTS), but missing
         )
 
 

@@ -13,11 +13,15 @@ from typing import Any
 import fsspec
 import pytest
 
+from include.harvest import hooks
+from include.harvest.listroots import configured_roots, normalise_root, parse_list_roots
 from include.harvest.models import Status, UrlItem
 from include.harvest.sources import (
     SourceError,
     SourceFormatError,
+    SourceNotAllowed,
     SourceNotFound,
+    check_source_allowed,
     list_path_for,
     parse_manual,
     read_list,
@@ -287,16 +291,33 @@ def test_remote_list_with_an_unusable_url_says_so() -> None:
 # --- manual --------------------------------------------------------------------------------------
 
 
-def test_manual_text_split_on_any_whitespace() -> None:
+def test_manual_text_is_one_url_a_line() -> None:
     read = parse_manual(
-        "https://example.com/a.jpg https://example.com/b.jpg\n# note\n\nhttps://EXAMPLE.com/a.jpg\tnope"
+        "https://example.com/a.jpg\n# note\n\n  https://EXAMPLE.com/a.jpg  # again\nhttps://example.com/b.jpg\nnope"
     )
 
     assert urls(read.items) == ["https://example.com/a.jpg", "https://example.com/b.jpg"]
-    assert [item.line for item in read.items] == [1, 1]
+    assert [item.line for item in read.items] == [1, 5]
     assert read.duplicates == 1
-    assert [(r.url, r.line) for r in read.rejected] == [("nope", 4)]
+    assert [(r.url, r.line) for r in read.rejected] == [("nope", 6)]
     assert read.origin == "urls param"
+
+
+def test_a_line_with_spaces_is_one_rejected_row_naming_the_line() -> None:
+    # Before: "not a url" became three rejected rows, "not", "a" and "url".
+    read = parse_manual(
+        "https://example.com/a.jpg\nnot a url\nhttps://example.com/b.jpg https://example.com/c.jpg\n"
+    )
+
+    assert urls(read.items) == ["https://example.com/a.jpg"]
+    assert [(r.url, r.line) for r in read.rejected] == [
+        ("not a url", 2),
+        ("https://example.com/b.jpg https://example.com/c.jpg", 3),
+    ]
+    assert all(r.status == Status.REJECTED for r in read.rejected)
+    assert (read.rejected[0].error or "").startswith(
+        "line 2: contains whitespace at character 4; put one URL per line"
+    )
 
 
 def test_manual_list_entries() -> None:
@@ -357,3 +378,101 @@ def test_very_long_bad_lines_are_cut_to_a_storable_unique_key() -> None:
     assert len(keys) == 3 and len(set(keys)) == 3
     assert all(len(key.encode("utf-8")) <= 2048 for key in keys)
     assert keys[1].endswith("... (cut, line 2)")
+
+
+# --- allowed roots -------------------------------------------------------------------------------
+
+
+def test_a_list_outside_the_roots_is_refused_naming_it_and_the_setting(tmp_path: Path) -> None:
+    root = tmp_path / "lists"
+    root.mkdir()
+    (root / "ok.txt").write_text("https://example.com/a.jpg\n")
+
+    check_source_allowed((root / "ok.txt").as_uri(), [root.as_uri()])
+    check_source_allowed((root / "sub" / "later.txt").as_uri(), [root.as_uri()])  # need not exist yet
+    with pytest.raises(SourceNotAllowed) as caught:
+        check_source_allowed("file:///etc/passwd", [root.as_uri()])
+    assert "'file:///etc/passwd'" in str(caught.value)
+    assert "HARVEST_LIST_ROOTS" in str(caught.value)
+    assert isinstance(caught.value, SourceError)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{root}/../secret.txt",  # '..' out of the root
+        "{root}/sub/../../secret.txt",
+        "{root}/sub/../ok.txt",  # '..' is refused even when it stays inside
+        "{root}",  # the folder itself is not a list
+        "{root}/",
+        "{root}-other/list.txt",  # a sibling whose name starts like the root
+        "{root}/ok.txt::memory://x",  # fsspec chaining
+        "/absolute/path/without/scheme.txt",
+        "file",
+        "ftp://example.com/lists/ok.txt",
+    ],
+)
+def test_dot_dot_siblings_and_other_schemes_cannot_reach_outside(tmp_path: Path, source: str) -> None:
+    root = tmp_path / "lists"
+    (root / "sub").mkdir(parents=True)
+    with pytest.raises(SourceNotAllowed):
+        check_source_allowed(source.format(root=root.as_uri()), [root.as_uri()])
+
+
+def test_a_symlink_cannot_lead_out_of_a_root(tmp_path: Path) -> None:
+    root = tmp_path / "lists"
+    root.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    (root / "evil.txt").symlink_to(secret)
+    (root / "evil-dir").symlink_to(tmp_path)
+    (root / "real.txt").write_text("https://example.com/a.jpg\n")
+    (root / "alias.txt").symlink_to(root / "real.txt")
+
+    for source in (root / "evil.txt", root / "evil-dir" / "secret.txt"):
+        with pytest.raises(SourceNotAllowed):
+            check_source_allowed(source.as_uri(), [root.as_uri()])
+    check_source_allowed((root / "alias.txt").as_uri(), [root.as_uri()])  # a symlink inside is fine
+
+
+def test_object_store_roots_compare_normalised_prefixes() -> None:
+    roots = ["s3://bucket/lists/", "memory://team-a"]
+
+    check_source_allowed("s3://bucket/lists/2026/today.txt", roots)
+    check_source_allowed("memory://team-a/x.csv", roots)
+    for source in (
+        "s3://bucket/lists-private/x.txt",
+        "s3://bucket/other/x.txt",
+        "s3://other-bucket/lists/x.txt",
+        "s3://bucket/lists/../secret/x.txt",
+        "gcs://bucket/lists/x.txt",
+        "memory://team-b/x.csv",
+    ):
+        with pytest.raises(SourceNotAllowed):
+            check_source_allowed(source, roots)
+
+
+def test_list_roots_setting_is_comma_separated_uris_or_absolute_paths() -> None:
+    assert parse_list_roots(" file:///srv/lists/ , s3://bucket/lists,/opt/more/ ,") == [
+        "file:///srv/lists",
+        "s3://bucket/lists",
+        "file:///opt/more",
+    ]
+    assert parse_list_roots(None) == parse_list_roots("") == []
+    for bad in ("relative/lists", "file:///", "s3://", "https://lists.example.com/", "file:///srv/../etc"):
+        with pytest.raises(ValueError, match="HARVEST_LIST_ROOTS"):
+            parse_list_roots(bad)
+    assert normalise_root("/srv//lists/./") == "file:///srv/lists"
+
+
+def test_the_roots_are_the_url_list_base_then_the_operators_roots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARVEST_URL_LIST_URI", raising=False)
+    monkeypatch.delenv("HARVEST_LIST_ROOTS", raising=False)
+    # The same default folder as the one read_sources reads the dates' lists from.
+    assert configured_roots() == [hooks.deployment_uris()["url_list_uri"]]
+    assert configured_roots(
+        {
+            "HARVEST_URL_LIST_URI": "s3://b/url_lists/",
+            "HARVEST_LIST_ROOTS": "file:///srv/lists,s3://b/url_lists",
+        }
+    ) == ["s3://b/url_lists", "file:///srv/lists"]
