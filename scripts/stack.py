@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from include.harvest.settings import DEFAULT_USER_AGENT
+
 if TYPE_CHECKING:
     import psutil
 
@@ -218,6 +220,8 @@ class Stack:
             ),
             "HARVEST_REDIS_URL": f"{self.redis_server}/{self.coordination_db}",
             "HARVEST_ALLOW_HOSTS": self.allow_hosts,
+            # Site owners read it to know who fetches: set it (in the environment or .env) with a contact.
+            "HARVEST_USER_AGENT": setting("HARVEST_USER_AGENT", DEFAULT_USER_AGENT),
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         env.update(self.extra_env)

@@ -17,6 +17,7 @@ import psutil
 import pytest
 from supervisor.options import ServerOptions
 
+from include.harvest.settings import DEFAULT_USER_AGENT
 from scripts.stack import Stack, StackError, Worker
 
 
@@ -180,3 +181,11 @@ def test_an_environment_value_supervisord_cannot_carry_is_refused_naming_it(stac
     stack.extra_env = {"HARVEST_TEST_VALUE": value}
     with pytest.raises(StackError, match="HARVEST_TEST_VALUE"):
         stack.supervisor_config()
+
+
+def test_the_user_agent_reaches_every_process_from_the_environment_or_dotenv(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    assert stack.environment()["HARVEST_USER_AGENT"] == DEFAULT_USER_AGENT  # names the project
+    monkeypatch.setenv("HARVEST_USER_AGENT", "AcmeHarvest/1 (+mailto:data@acme.example)")
+    assert stack.environment()["HARVEST_USER_AGENT"] == "AcmeHarvest/1 (+mailto:data@acme.example)"
