@@ -62,8 +62,7 @@ OVERRIDABLE = {
     "HARVEST_STORAGE_URI": ("HARVEST_STORAGE_URI", "file:///opt/airflow/data/storage"),
     "HARVEST_WORK_URI": ("HARVEST_WORK_URI", "file:///opt/airflow/data/work"),
     "HARVEST_URL_LIST_URI": ("HARVEST_URL_LIST_URI", "file:///opt/airflow/data/url_lists"),
-    # The library's own default, written out so that an empty value in .env cannot send an empty
-    # User-Agent (FetchSettings.from_env takes "" as a value).
+    # The library's own default, written out so the header a site owner reads is visible here.
     "HARVEST_USER_AGENT": ("HARVEST_USER_AGENT", DEFAULT_USER_AGENT),
     "HARVEST_KEEP_WORK_FILES": ("HARVEST_KEEP_WORK_FILES", "false"),
     "HARVEST_REDIS_URL": ("HARVEST_REDIS_URL", "redis://redis:6379/1"),

@@ -2,8 +2,9 @@
 
 Two steps, both before any byte is sent:
 
-1. :func:`parse_target` checks the URL as written: http or https only, a host, a valid port, no
-   credentials, no spaces or control characters (CR/LF would let a URL inject headers).
+1. :func:`parse_target` checks the URL with the one URL parser (:mod:`include.harvest.urls`, which
+   reads list lines too): http or https only, a host, a valid port, no credentials, no spaces or
+   control characters (CR/LF would let a URL inject headers).
 2. :meth:`AddressGuard.resolve` resolves the host once and refuses loopback, private, link-local,
    multicast, reserved, unspecified and other non-public addresses (IPv4, IPv6, IPv4-mapped IPv6),
    unless the host or the address is in ``allow_hosts``. The caller then connects to *that* address
@@ -12,130 +13,40 @@ Two steps, both before any byte is sent:
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import re
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from include.harvest.errors import Blocked, ConnectionFailed, Rejected, Unresolvable
+from include.harvest.urls import ALLOWED_SCHEMES, DEFAULT_PORTS, InvalidUrl, Target, parse_url
 
 __all__ = [
     "ALLOWED_SCHEMES",
+    "DEFAULT_PORTS",
     "AddressGuard",
     "Target",
     "forbidden_reason",
     "parse_target",
 ]
 
-ALLOWED_SCHEMES = frozenset({"http", "https"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # How long a DNS answer is reused inside one process: a batch hits the same hosts many times.
 DNS_CACHE_SECONDS = 60.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f]")  # space, CR, LF, tab, other controls, DEL
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
-# Characters kept as they are when non-ASCII parts of a path or query are percent-encoded.
-_URL_SAFE = "/:@!$&'()*+,;=?%[]~-._"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A URL that passed the syntax checks, split into what a request needs."""
-
-    url: str  # normalised: scheme://host[:port]/path?query, no fragment
-    scheme: str
-    host: str  # lower-case ASCII (IDNA), without IPv6 brackets
-    port: int
-    request_target: str  # /path?query as sent on the request line
-    host_header: str  # host[:port] as sent in the Host header
-
 
 def parse_target(url: str) -> Target:
-    """Check ``url`` as written and split it; raise :class:`Rejected` with the reason."""
-    bad = _FORBIDDEN_CHARS.search(url)
-    if bad is not None:
-        code = ord(bad.group())
-        what = {0x20: "a space", 0x0A: "a line feed (LF)", 0x0D: "a carriage return (CR)"}.get(
-            code, f"the control character {code:#04x}"
-        )
-        raise Rejected(
-            f"URL contains {what} at position {bad.start()}: percent-encode it (space is %20) "
-            "or fix the source list"
-        )
-    if not url:
-        raise Rejected("URL is empty")
+    """Check ``url`` and split it (:func:`include.harvest.urls.parse_url`); raise :class:`Rejected`.
+
+    The same parser reads list lines, so the host checked here is the host a list line names.
+    """
     try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        raise Rejected(f"URL cannot be parsed: {exc}") from exc
-    scheme, host, port, host_header = _authority(parts.scheme, parts.netloc)
-
-    path = _encode_non_ascii(parts.path) or "/"
-    query = _encode_non_ascii(parts.query)
-    request_target = f"{path}?{query}" if query else path
-    return Target(
-        url=f"{scheme}://{host_header}{request_target}",
-        scheme=scheme,
-        host=host,
-        port=port,
-        request_target=request_target,
-        host_header=host_header,
-    )
-
-
-@functools.lru_cache(maxsize=4096)  # a batch repeats its hosts: check each authority once
-def _authority(raw_scheme: str, netloc: str) -> tuple[str, str, int, str]:
-    """Scheme, host, port and Host header of a URL's scheme and authority; raise :class:`Rejected`."""
-    scheme = raw_scheme.lower()
-    if not scheme:
-        raise Rejected("URL has no scheme: write it as http://... or https://...")
-    if scheme not in ALLOWED_SCHEMES:
-        raise Rejected(f"scheme '{scheme}:' is not allowed: only http and https URLs are fetched")
-    parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
-    if parts.username is not None or parts.password is not None:
-        raise Rejected("URL carries credentials (user:password@host): remove them from the URL list")
-    raw_host = parts.hostname
-    if not raw_host:
-        raise Rejected("URL has no host name")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise Rejected(f"URL has an invalid port: {exc}") from exc
-    if port == 0:
-        raise Rejected("URL has an invalid port: 0")
-    host = _normalise_host(raw_host)
-    port = port or DEFAULT_PORTS[scheme]
-    display_host = f"[{host}]" if ":" in host else host
-    host_header = display_host if port == DEFAULT_PORTS[scheme] else f"{display_host}:{port}"
-    return scheme, host, port, host_header
-
-
-def _normalise_host(raw_host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(raw_host))
-    except ValueError:
-        pass
-    if raw_host.startswith("[") or ":" in raw_host:
-        raise Rejected(f"URL host {raw_host!r} is not a valid IPv6 address")
-    try:
-        host = raw_host.encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
-        raise Rejected(f"URL host {raw_host!r} is not a valid internationalised domain name") from exc
-    if not host or not set(host) <= _HOST_CHARS or host.startswith(".") or ".." in host:
-        raise Rejected(f"URL host {raw_host!r} contains characters a host name cannot have")
-    return host.rstrip(".")
-
-
-def _encode_non_ascii(part: str) -> str:
-    return part if part.isascii() else urllib.parse.quote(part, safe=_URL_SAFE)
+        return parse_url(url)
+    except InvalidUrl as exc:
+        raise Rejected(exc.reason) from exc
 
 
 def forbidden_reason(address: IPAddress) -> str | None:

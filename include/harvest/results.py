@@ -15,8 +15,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import operator
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ from include.harvest.models import Result, Status
 
 __all__ = [
     "COPY_CHUNK_ROWS",
+    "DOWNLOAD_COLUMNS",
+    "Column",
     "IncompleteRun",
     "RunInfo",
     "RunSummary",
@@ -41,27 +44,53 @@ log = logging.getLogger(__name__)
 # many results the run has, and each COPY round trip is large enough to be cheap.
 COPY_CHUNK_ROWS = 5_000
 
-# The columns of harvest.downloads that come from a Result, in COPY order.
-_RESULT_COLUMNS = (
-    "url",
-    "status",
-    "http_status",
-    "final_url",
-    "content_type",
-    "bytes",
-    "sha256",
-    "width",
-    "height",
-    "storage_uri",
-    "attempts",
-    "elapsed_ms",
-    "error",
-    "etag",
-    "last_modified",
-    "fetched_at",
-    "source_line",
-    "meta",
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of ``harvest.downloads`` that holds a field of :class:`Result`."""
+
+    name: str  # in harvest.downloads
+    incoming_type: (
+        str  # in the COPY staging table (the real table's type and constraints are the migration's)
+    )
+    field: str  # the Result attribute it holds
+    to_copy: Callable[[Any], Any] | None = None  # Result value -> COPY value, when not the value itself
+    previous: bool = False  # read back by load_previous for conditional requests
+
+
+def _meta_json(meta: dict[str, Any] | None) -> str | None:
+    return json.dumps(meta, ensure_ascii=False, default=str) if meta else None
+
+
+# The columns of harvest.downloads that come from a Result, in COPY order: the only list of them.
+# The staging table, the COPY, the upsert and load_previous derive from it, so a new column is an
+# entry here, a field of Result and a migration (test_results checks all three agree).
+# (run_key, dag_run_id and recorded_at describe the recording, not the Result: they are in the SQL.)
+DOWNLOAD_COLUMNS: tuple[Column, ...] = (
+    Column("url", "text NOT NULL", "url", previous=True),
+    Column("status", "text NOT NULL", "status"),
+    Column("http_status", "integer", "http_status", previous=True),
+    Column("final_url", "text", "final_url", previous=True),
+    Column("content_type", "text", "content_type", previous=True),
+    Column("bytes", "bigint", "bytes", previous=True),
+    Column("sha256", "text", "sha256", previous=True),
+    Column("width", "integer", "width", previous=True),
+    Column("height", "integer", "height", previous=True),
+    Column("storage_uri", "text", "storage_uri", previous=True),
+    Column("attempts", "integer NOT NULL", "attempts"),
+    Column("elapsed_ms", "integer NOT NULL", "elapsed_ms"),
+    Column("error", "text", "error"),
+    Column("etag", "text", "etag", previous=True),
+    Column("last_modified", "text", "last_modified", previous=True),
+    Column("fetched_at", "timestamptz", "fetched_at", previous=True),
+    Column("source_line", "integer", "line"),
+    Column("meta", "jsonb", "meta", to_copy=_meta_json),
 )
+_NAMES = [column.name for column in DOWNLOAD_COLUMNS]
+# One C call per result for the plain fields; the few converted ones are patched in by index.
+_RESULT_VALUES = operator.attrgetter(*(column.field for column in DOWNLOAD_COLUMNS))
+_CONVERTED = [(i, column.to_copy) for i, column in enumerate(DOWNLOAD_COLUMNS) if column.to_copy is not None]
+_PREVIOUS = [column for column in DOWNLOAD_COLUMNS if column.previous]
 
 # "Fetched" for latency percentiles: a request was made. Rejected, skipped and guard-blocked URLs
 # take no network time and would drag the percentiles towards zero.
@@ -175,32 +204,8 @@ def record_run(
 
 
 def _copy_results(cur: Any, results: Iterable[Result]) -> int:
-    cur.execute(
-        """
-        CREATE TEMP TABLE harvest_incoming (
-            seq           bigint   NOT NULL,
-            url           text     NOT NULL,
-            status        text     NOT NULL,
-            http_status   integer,
-            final_url     text,
-            content_type  text,
-            bytes         bigint,
-            sha256        text,
-            width         integer,
-            height        integer,
-            storage_uri   text,
-            attempts      integer  NOT NULL,
-            elapsed_ms    integer  NOT NULL,
-            error         text,
-            etag          text,
-            last_modified text,
-            fetched_at    timestamptz,
-            source_line   integer,
-            meta          jsonb
-        ) ON COMMIT DROP
-        """
-    )
-    copy_sql = f"COPY harvest_incoming (seq, {', '.join(_RESULT_COLUMNS)}) FROM STDIN"
+    cur.execute(_CREATE_INCOMING)
+    copy_sql = f"COPY harvest_incoming (seq, {', '.join(_NAMES)}) FROM STDIN"
     total = 0
     rows = _copy_lines(results)
     while chunk := list(islice(rows, COPY_CHUNK_ROWS)):
@@ -243,28 +248,10 @@ def _copy_lines(results: Iterable[Result]) -> Iterator[str]:
     for seq, result in enumerate(results):
         if not isinstance(result, Result):
             raise TypeError(f"record_run expects Result objects, got {type(result).__name__}")
-        values = (
-            seq,
-            result.url,
-            str(result.status),
-            result.http_status,
-            result.final_url,
-            result.content_type,
-            result.bytes,
-            result.sha256,
-            result.width,
-            result.height,
-            result.storage_uri,
-            result.attempts,
-            result.elapsed_ms,
-            result.error,
-            result.etag,
-            result.last_modified,
-            result.fetched_at,
-            result.line,
-            json.dumps(result.meta, ensure_ascii=False, default=str) if result.meta else None,
-        )
-        yield "\t".join(_copy_field(value) for value in values) + "\n"
+        values = list(_RESULT_VALUES(result))
+        for index, convert in _CONVERTED:
+            values[index] = convert(values[index])
+        yield f"{seq}\t" + "\t".join(_copy_field(value) for value in values) + "\n"
 
 
 _COPY_ESCAPES = re.compile(r"[\\\t\n\r\x00]")
@@ -283,6 +270,12 @@ def _copy_field(value: Any) -> str:
     return _COPY_ESCAPES.sub(lambda m: _COPY_ESCAPE_MAP[m.group()], text)
 
 
+_CREATE_INCOMING = (
+    "CREATE TEMP TABLE harvest_incoming (\n    seq bigint NOT NULL,\n"
+    + "".join(f"    {column.name} {column.incoming_type},\n" for column in DOWNLOAD_COLUMNS)
+    + ") ON COMMIT DROP"
+).replace(",\n)", "\n)")
+
 _WRITE_SQL = """
 -- The latest result per URL: a retried batch may have sent a URL twice.
 CREATE TEMP TABLE harvest_latest ON COMMIT DROP AS
@@ -291,24 +284,13 @@ CREATE UNIQUE INDEX ON harvest_latest (url);
 ANALYZE harvest_latest;
 """
 
-_UPSERT_DOWNLOADS = """
-INSERT INTO harvest.downloads AS d (
-    run_key, url, status, http_status, final_url, content_type, bytes, sha256, width, height,
-    storage_uri, attempts, elapsed_ms, error, etag, last_modified, fetched_at, source_line, meta,
-    dag_run_id, recorded_at)
-SELECT %(run_key)s, url, status, http_status, final_url, content_type, bytes, sha256, width, height,
-    storage_uri, attempts, elapsed_ms, error, etag, last_modified, fetched_at, source_line, meta,
-    %(dag_run_id)s, now()
+_UPSERT_DOWNLOADS = f"""
+INSERT INTO harvest.downloads AS d (run_key, {", ".join(_NAMES)}, dag_run_id, recorded_at)
+SELECT %(run_key)s, {", ".join(_NAMES)}, %(dag_run_id)s, now()
 FROM harvest_latest
 ORDER BY url
 ON CONFLICT (run_key, url) DO UPDATE SET
-    status = EXCLUDED.status, http_status = EXCLUDED.http_status, final_url = EXCLUDED.final_url,
-    content_type = EXCLUDED.content_type, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256,
-    width = EXCLUDED.width, height = EXCLUDED.height, storage_uri = EXCLUDED.storage_uri,
-    attempts = EXCLUDED.attempts, elapsed_ms = EXCLUDED.elapsed_ms, error = EXCLUDED.error,
-    etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, fetched_at = EXCLUDED.fetched_at,
-    source_line = EXCLUDED.source_line, meta = EXCLUDED.meta, dag_run_id = EXCLUDED.dag_run_id,
-    recorded_at = EXCLUDED.recorded_at
+    {", ".join(f"{name} = EXCLUDED.{name}" for name in [*_NAMES[1:], "dag_run_id", "recorded_at"])}
 """
 
 _DELETE_STALE = """
@@ -466,35 +448,23 @@ def load_previous(conn: Any, urls: Sequence[str]) -> dict[str, Result]:
     if not urls:
         return {}
     with conn.cursor() as cur:
-        cur.execute(
-            """
-            SELECT DISTINCT ON (url) url, http_status, final_url, etag, last_modified, sha256,
-                storage_uri, content_type, bytes, width, height, fetched_at
-            FROM harvest.downloads
-            WHERE url = ANY(%s) AND status IN ('ok', 'not_modified') AND sha256 IS NOT NULL
-            ORDER BY url, fetched_at DESC NULLS LAST, recorded_at DESC
-            """,
-            (list(urls),),
-        )
+        cur.execute(_LOAD_PREVIOUS, (list(urls),))
         rows = cur.fetchall()
     previous: dict[str, Result] = {}
-    for url, http_status, final_url, etag, last_modified, sha256, uri, ctype, size, w, h, fetched in rows:
-        previous[url] = Result(
-            url=url,
-            status=Status.OK,
-            http_status=http_status,
-            final_url=final_url,
-            etag=etag,
-            last_modified=last_modified,
-            sha256=sha256,
-            storage_uri=uri,
-            content_type=ctype,
-            bytes=size,
-            width=w,
-            height=h,
-            fetched_at=fetched.isoformat() if fetched is not None else None,
-        )
+    for row in rows:
+        values = dict(zip((column.field for column in _PREVIOUS), row, strict=True))
+        if values["fetched_at"] is not None:  # timestamptz comes back as a datetime
+            values["fetched_at"] = values["fetched_at"].isoformat()
+        previous[values["url"]] = Result(status=Status.OK, **values)
     return previous
+
+
+_LOAD_PREVIOUS = f"""
+SELECT DISTINCT ON (url) {", ".join(column.name for column in _PREVIOUS)}
+FROM harvest.downloads
+WHERE url = ANY(%s) AND status IN ('ok', 'not_modified') AND sha256 IS NOT NULL
+ORDER BY url, fetched_at DESC NULLS LAST, recorded_at DESC
+"""
 
 
 def _human_bytes(size: int) -> str:

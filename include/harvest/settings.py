@@ -7,7 +7,9 @@ The DAG builds a :class:`FetchSettings` from its Params and the deployment's env
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,18 +69,28 @@ class FetchSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> FetchSettings:
-        """Settings from ``HARVEST_*`` environment variables, then ``overrides`` (Params)."""
+        """Settings from ``HARVEST_*`` environment variables, then ``overrides`` (Params).
+
+        An empty variable (``HARVEST_BATCH_DEADLINE=``, as .env files and compose's ``${X:-}``
+        write) means the default; a value that cannot be read raises ``ValueError`` naming the
+        variable. An override of None (a Param left empty) keeps the environment's value.
+        """
         env = os.environ if environ is None else environ
+        types = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f"HARVEST_{f.name.upper()}")
-            if raw is None:
+            if raw is None or not raw.strip():
                 continue
-            values[f.name] = _parse(f.name, raw, f.type)
+            values[f.name] = _parse(f.name, raw, types[f.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("allow_hosts"), list | str):
             values["allow_hosts"] = _split(values["allow_hosts"])
         return cls(**values)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _split(raw: str | list[str]) -> tuple[str, ...]:
@@ -87,22 +99,35 @@ def _split(raw: str | list[str]) -> tuple[str, ...]:
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
-    text = str(annotation)
-    if "bool" in text:
-        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+    """``HARVEST_<NAME>=raw`` (not empty) as the type ``annotation``; ``X | None`` is read as ``X``.
+
+    Also the parser of the deployment switches outside :class:`FetchSettings` (``hooks.py``).
+    """
+    variable = f"HARVEST_{name.upper()}"
+    raw = raw.strip()
+    kinds = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    kind = typing.get_origin(kinds[0]) or kinds[0]
+    if kind is bool:
+        if raw.lower() in _TRUE:
             return True
-        if raw.strip().lower() in {"0", "false", "no", "off"}:
+        if raw.lower() in _FALSE:
             return False
-        raise ValueError(f"HARVEST_{name.upper()}={raw!r} is not a boolean (use true or false)")
-    if "tuple" in text:
-        return _split(raw)
-    try:
-        if text.startswith("int"):
+        raise ValueError(f"{variable}={raw!r} is not a boolean (use true or false)")
+    if kind is int:
+        try:
             return int(raw)
-        if text.startswith("float"):
-            return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"HARVEST_{name.upper()}={raw!r} is not a number") from exc
-    if raw == "" and "None" in text:
-        return None
-    return raw
+        except ValueError as exc:
+            raise ValueError(f"{variable}={raw!r} is not a whole number") from exc
+    if kind is float:
+        try:
+            number = float(raw)
+        except ValueError as exc:
+            raise ValueError(f"{variable}={raw!r} is not a number (seconds, such as 2.5)") from exc
+        if not math.isfinite(number):
+            raise ValueError(f"{variable}={raw!r} is not a finite number")
+        return number
+    if kind is tuple:
+        return _split(raw)
+    if kind is str:
+        return raw
+    raise TypeError(f"{variable}: no parser for settings of type {annotation!r}")  # a new field's type

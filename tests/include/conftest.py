@@ -2,11 +2,19 @@
 
 The server is real (sockets, threads, HTTP/1.1 keep-alive); each path is a behaviour a crawler
 meets on the open web: slow, silent, endless, oversized, lying, redirecting, throttling.
+
+No test here sends a packet off the machine: :class:`LoopbackOnly` is installed for the whole
+session and refuses, before the system call, any connect to an address outside 127.0.0.0/8 and
+::1, and any name lookup other than loopback names and the test names of :data:`TEST_NAMES`
+(resolved here, without DNS). Non-public addresses are tested at the guard's own level
+(``test_guard.py``); where the engine must meet one, it is a test name that resolves to it, and
+if the guard ever let it through, the connect would be refused here and the test fail.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import shutil
 import socket
 import ssl
@@ -18,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -27,6 +36,109 @@ from include.harvest.sockets import KernelTimeoutSocket
 from include.harvest.storage import ContentAddressedStore
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
+
+
+# Names the test resolver answers (without DNS) with non-public addresses, for the engine's guard
+# to refuse. ``.test`` is reserved (RFC 2606): no real host can answer to these names.
+TEST_NAMES = {
+    "intranet.harvest.test": "10.0.0.1",
+    "metadata.harvest.test": "169.254.169.254",
+}
+# Names the machine resolves itself (/etc/hosts), to loopback.
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+class OffLoopbackConnection(OSError):
+    """A test code path tried to connect to (or look up) something outside loopback."""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host.lower().rstrip(".") in LOOPBACK_NAMES
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class LoopbackOnly:
+    """Wraps ``socket.socket.connect``/``connect_ex`` (which every Python client ends in: urllib3,
+    http.client, ssl, redis, ``socket.create_connection``) and ``socket.getaddrinfo``.
+
+    A destination outside loopback is recorded in :attr:`violations` and refused with
+    :class:`OffLoopbackConnection` *before* the real ``connect`` runs, so the kernel never sees it;
+    the code under test gets an ``OSError`` as from a refused connection, and the test fails at
+    teardown (an engine would otherwise quietly record a ``connection_error``). Unix sockets are
+    local and pass. Subprocesses and C libraries (libpq) are not covered.
+    """
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self._lock = threading.Lock()
+        self.real_connect = socket.socket.connect
+        self.real_connect_ex = socket.socket.connect_ex
+        self.real_getaddrinfo = socket.getaddrinfo
+
+    def _refuse(self, what: str) -> OffLoopbackConnection:
+        with self._lock:
+            self.violations.append(what)
+        return OffLoopbackConnection(f"tests may only reach loopback: refused {what}")
+
+    def check(self, sock: socket.socket, address: Any) -> None:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return  # AF_UNIX and other local families
+        host = address[0] if isinstance(address, tuple) and address else address
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        if not isinstance(host, str) or not _is_loopback(host):
+            raise self._refuse(f"a connection to {address!r}")
+
+    def install(self, patch: pytest.MonkeyPatch) -> None:
+        wire = self
+
+        def connect(sock: socket.socket, address: Any) -> None:
+            wire.check(sock, address)
+            wire.real_connect(sock, address)
+
+        def connect_ex(sock: socket.socket, address: Any) -> int:
+            wire.check(sock, address)
+            return wire.real_connect_ex(sock, address)
+
+        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            name = host.decode("ascii", "replace") if isinstance(host, bytes) else host
+            if name is None or _is_loopback(name):
+                return wire.real_getaddrinfo(host, port, *args, **kwargs)
+            key = name.lower().rstrip(".")
+            if key in TEST_NAMES:
+                return wire.real_getaddrinfo(TEST_NAMES[key], port, *args, **kwargs)  # a literal: no DNS
+            try:
+                ipaddress.ip_address(key.split("%", 1)[0])
+            except ValueError:
+                raise wire._refuse(f"a DNS lookup of {name!r}") from None
+            return wire.real_getaddrinfo(host, port, *args, **kwargs)  # a literal: connect() decides
+
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket.socket, "connect_ex", connect_ex)
+        patch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_only() -> Iterator[LoopbackOnly]:
+    """For the whole session: nothing connects or looks up a name outside loopback."""
+    wire = LoopbackOnly()
+    with pytest.MonkeyPatch.context() as patch:
+        wire.install(patch)
+        yield wire
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_off_loopback_traffic(loopback_only: LoopbackOnly) -> Iterator[None]:
+    loopback_only.violations.clear()
+    yield
+    if loopback_only.violations:
+        found, loopback_only.violations[:] = list(loopback_only.violations), []
+        pytest.fail(f"the test tried to leave loopback (refused before any packet): {found}")
 
 
 def make_image(fmt: str, size: tuple[int, int], *, seed: int = 0, quality: int = 85) -> bytes:
@@ -249,9 +361,15 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
 
     route("/second-worker.png")(lambda h: send(h, 200, images.png, "image/png"))
 
+    # Redirects to non-public addresses, by test names (TEST_NAMES): the guard must refuse them,
+    # and if it did not, LoopbackOnly would refuse the connect (nothing leaves the machine).
     @route("/to-private")
     def to_private(h: BaseHTTPRequestHandler) -> None:
-        send(h, 302, b"", "text/plain", Location="http://10.0.0.1/secret.png")
+        send(h, 302, b"", "text/plain", Location="http://intranet.harvest.test/secret.png")
+
+    @route("/to-metadata")
+    def to_metadata(h: BaseHTTPRequestHandler) -> None:
+        send(h, 301, b"", "text/plain", Location="http://metadata.harvest.test/latest/meta-data/")
 
     @route("/to-loopback-name")
     def to_loopback(h: BaseHTTPRequestHandler) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,7 +26,7 @@ from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
 
 if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
-    from tests.include.conftest import HostileServer, Images, TlsServer
+    from tests.include.conftest import HostileServer, Images, LoopbackOnly, TlsServer
 
 # path -> (content type, width, height) of the images that must come out ok in the shared batch
 GOOD = {
@@ -129,7 +129,14 @@ CASES = {
         on_server("/chain/8"), Status.TOO_MANY_REDIRECTS, ("more than 5 redirects", "HARVEST_MAX_REDIRECTS")
     ),
     "redirect to a private address": Case(
-        on_server("/to-private"), Status.BLOCKED, ("10.0.0.1 is a private address", "HARVEST_ALLOW_HOSTS")
+        on_server("/to-private"),
+        Status.BLOCKED,
+        ("intranet.harvest.test resolves to 10.0.0.1, which is a private address", "HARVEST_ALLOW_HOSTS"),
+    ),
+    "redirect to the cloud metadata address": Case(
+        on_server("/to-metadata"),
+        Status.BLOCKED,
+        ("resolves to 169.254.169.254, which is a link-local address", "HARVEST_ALLOW_HOSTS"),
     ),
     "file://": Case(
         literal("file:///etc/passwd"), Status.REJECTED, ("scheme 'file:'", "only http and https")
@@ -291,10 +298,12 @@ def test_redirects_record_the_final_url(batch: Batch) -> None:
 def test_slow_servers_are_cut_at_the_total_deadline(batch: Batch) -> None:
     for path in ("/drip.jpg", "/drip-headers.jpg", "/endless"):
         result = batch.by_url[batch.server.url(path)]
-        # 3 attempts of at most 2 s each (+0.5 s for the header watchdog), plus back-off (<= 0.2 s
-        # each): never the minutes a drip needs.
-        assert result.elapsed_ms < 3 * 2500 + 1500, (path, result.elapsed_ms)
-    assert batch.elapsed < 12
+        # The error says the total deadline cut it (CASES); the bound only shows it was not waited
+        # out. It is meant to be loose: about 8 s of attempts here, and a busy machine must not fail
+        # it, while a server that is not cut takes minutes (headers at 0.5 s a byte: over 2 minutes
+        # an attempt; the drip, 1 s a byte of a JPEG of thousands; /endless, for ever).
+        assert result.elapsed_ms < 60_000, (path, result.elapsed_ms)
+    assert batch.elapsed < 100
 
 
 def test_rejected_urls_never_reach_the_server(batch: Batch) -> None:
@@ -305,22 +314,22 @@ def test_guard_refuses_private_addresses_before_connecting(
     hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
 ) -> None:
     # Only the name "localhost" is allowed: the same server by address, and every other
-    # non-public address, must be refused without a single packet.
+    # non-public address, must be refused without a single packet. (Every address range is
+    # checked in test_guard.py without the engine; private ones reach the engine here only by
+    # test names, and the session's LoopbackOnly would fail this test had the engine connected.)
     settings = fast_settings.replace(allow_hosts=("localhost",))
     port = hostile_server.port
     blocked = {
         f"http://127.0.0.1:{port}/guarded-1.png": "127.0.0.1 is a loopback address",
-        "http://10.0.0.1/guarded-2.png": "10.0.0.1 is a private address",
+        "http://intranet.harvest.test/guarded-2.png": "resolves to 10.0.0.1, which is a private address",
         f"http://[::1]:{port}/guarded-3.png": "::1 is a loopback address",
         f"http://[::ffff:127.0.0.1]:{port}/guarded-4.png": "is a loopback address",
         f"http://0.0.0.0:{port}/guarded-5.png": "0.0.0.0 is an unspecified address",
-        "http://169.254.169.254/latest/meta-data/": "169.254.169.254 is a link-local address",
+        "http://metadata.harvest.test/latest/meta-data/": "169.254.169.254, which is a link-local address",
         hostile_server.url("/to-loopback-name", host="localhost"): "127.0.0.1 is a loopback address",
     }
     good = hostile_server.url("/ok.png", host="localhost")
-    started = time.monotonic()
     results = fetch_batch([*blocked, good], settings, store=store)
-    assert time.monotonic() - started < 1.0  # refused up front: no connect timeout was waited out
     for result in results[:-1]:
         assert result.status is Status.BLOCKED, (result.url, result.error)
         assert result.error and blocked[result.url] in result.error and "HARVEST_ALLOW_HOSTS" in result.error
@@ -401,8 +410,8 @@ def test_fetch_bytes(hostile_server: HostileServer, fast_settings: FetchSettings
         fetch_bytes(hostile_server.url("/status/404"), fast_settings, max_bytes=1 << 20)
     with pytest.raises(TooLarge, match="HARVEST_MAX_BYTES"):
         fetch_bytes(hostile_server.url("/ok.png"), fast_settings, max_bytes=100)
-    with pytest.raises(Blocked, match="private address"):
-        fetch_bytes("http://10.0.0.1/list.txt", fast_settings, max_bytes=1 << 20)
+    with pytest.raises(Blocked, match="resolves to 10.0.0.1, which is a private address"):
+        fetch_bytes("http://intranet.harvest.test/list.txt", fast_settings, max_bytes=1 << 20)
 
 
 def test_a_broken_store_fails_the_batch_instead_of_blaming_urls(
@@ -462,3 +471,86 @@ def test_plain_http_sets_socket_timeouts_once_per_connection_not_per_request(
     # One kept-alive connection for the 20 requests: its send and receive timeouts were set once
     # each; every other call went straight to the kernel (include/harvest/sockets.py says why).
     assert sorted(socket_timeouts_set) == sorted([socket.SO_SNDTIMEO, socket.SO_RCVTIMEO])
+
+
+@pytest.fixture
+def kernel_connects(loopback_only: LoopbackOnly, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Off-loopback destinations that got past :class:`LoopbackOnly` to the real ``connect``.
+
+    The real calls are replaced by a stand-in that lets loopback through and refuses (and
+    records) anything else, so even a broken tripwire cannot send a packet during these tests.
+    """
+    reached: list[object] = []
+    real_connect, real_connect_ex = loopback_only.real_connect, loopback_only.real_connect_ex
+
+    def off_loopback(address: object) -> bool:
+        host = address[0] if isinstance(address, tuple) else None
+        return not (isinstance(host, str) and host in ("127.0.0.1", "::1", "localhost"))
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and off_loopback(address):
+            reached.append(address)
+            raise OSError("the stand-in for the kernel's connect() was reached")
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and off_loopback(address):
+            reached.append(address)
+            raise OSError("the stand-in for the kernel's connect_ex() was reached")
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(loopback_only, "real_connect", connect)
+    monkeypatch.setattr(loopback_only, "real_connect_ex", connect_ex)
+    return reached
+
+
+def test_with_the_guard_off_the_tripwire_stops_the_engine_before_connect(
+    loopback_only: LoopbackOnly,
+    kernel_connects: list[object],
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+) -> None:
+    # The guard deliberately off: only the tests' tripwire stands between the engine and 10.0.0.1.
+    settings = fast_settings.replace(block_private_addresses=False, allow_hosts=(), max_attempts=1)
+    urls = [
+        "http://10.0.0.1/direct.png",
+        "http://metadata.harvest.test/latest/meta-data/",
+        hostile_server.url("/to-private"),
+        hostile_server.url("/ok.png"),
+    ]
+    results = fetch_batch(urls, settings, store=store)
+    for result in results[:3]:
+        assert result.status is Status.CONNECTION_ERROR, (result.url, result.status, result.error)
+        assert result.error and "tests may only reach loopback" in result.error, result.error
+    assert results[3].status is Status.OK  # loopback still works
+    assert kernel_connects == []  # refused before the real connect(): no packet left the machine
+    assert sorted(loopback_only.violations) == [
+        "a connection to ('10.0.0.1', 80)",
+        "a connection to ('10.0.0.1', 80)",
+        "a connection to ('169.254.169.254', 80)",
+    ]
+    loopback_only.violations.clear()  # expected here: they would otherwise fail this test
+
+
+def test_the_tripwire_covers_every_way_to_connect_and_resolve(
+    loopback_only: LoopbackOnly, kernel_connects: list[object]
+) -> None:
+    with pytest.raises(OSError, match="tests may only reach loopback"):
+        socket.create_connection(("10.0.0.1", 80), timeout=0.1)
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock, pytest.raises(OSError, match="loopback"):
+        sock.connect(("::ffff:192.168.1.1", 80))
+    with socket.socket() as sock, pytest.raises(OSError, match="loopback"):
+        sock.connect_ex(("172.16.0.1", 80))
+    with socket.socket() as sock, pytest.raises(OSError, match="loopback"):
+        sock.connect(("example.com", 80))  # a name: connect() would look it up itself
+    with pytest.raises(OSError, match="a DNS lookup of 'example.com'"):
+        socket.getaddrinfo("example.com", 443)
+    assert kernel_connects == []
+    assert len(loopback_only.violations) == 5
+    loopback_only.violations.clear()
+    # Test names resolve without DNS; loopback names and literals pass unchanged.
+    assert socket.getaddrinfo("intranet.harvest.test", 80, type=socket.SOCK_STREAM)[0][4] == ("10.0.0.1", 80)
+    assert socket.getaddrinfo("localhost", 80, socket.AF_INET)[0][4] == ("127.0.0.1", 80)
+    assert socket.getaddrinfo("192.0.2.1", 80, socket.AF_INET)[0][4] == ("192.0.2.1", 80)  # no lookup
+    assert loopback_only.violations == []

@@ -1,4 +1,8 @@
-"""URL checks and the SSRF address guard. Only IP literals and /etc/hosts names: no network."""
+"""URL checks and the SSRF address guard, at the guard's own level: nothing here connects.
+
+Names are IP literals, /etc/hosts names, or the test names of conftest.TEST_NAMES, which the
+tests' resolver answers with non-public addresses without DNS.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def test_valid_urls_are_split_for_the_request(url: str, expected: tuple[object, 
         ("gopher://example.com/", "scheme 'gopher:' is not allowed"),
         ("example.com/a.jpg", "no scheme"),
         ("", "empty"),
-        ("http://example.com/a b.jpg", "contains a space at position 20"),
+        ("http://example.com/a b.jpg", "contains whitespace at character 21"),
         ("http://example.com/a.jpg\r\nX-Injected: 1", "carriage return (CR)"),
         ("http://example.com/a.jpg\nHost: evil", "line feed (LF)"),
         ("http://example.com/\ta.jpg", "control character 0x09"),
@@ -64,6 +68,8 @@ def test_unusable_urls_are_rejected_with_the_reason(url: str, reason: str) -> No
         ("10.0.0.1", "private"),
         ("172.16.5.4", "private"),
         ("192.168.1.1", "private"),
+        ("172.31.255.254", "private"),
+        ("10.255.255.255", "private"),
         ("169.254.169.254", "link-local"),  # cloud metadata endpoint
         ("100.64.0.1", "non-public"),  # carrier-grade NAT
         ("0.0.0.0", "unspecified"),
@@ -74,6 +80,8 @@ def test_unusable_urls_are_rejected_with_the_reason(url: str, reason: str) -> No
         ("[::]", "unspecified"),
         ("[fe80::1]", "link-local"),
         ("[fc00::1]", "private"),
+        ("[fd12:3456::1]", "private"),
+        ("[::ffff:192.168.0.1]", "private"),
         ("[ff02::1]", "multicast"),
         ("[::ffff:127.0.0.1]", "loopback"),  # IPv4-mapped
         ("[::ffff:10.0.0.1]", "private"),
@@ -113,3 +121,25 @@ def test_allow_hosts_lets_named_hosts_and_cidrs_through() -> None:
 
 def test_guard_off_resolves_without_checking() -> None:
     assert AddressGuard(enabled=False).resolve(parse_target("http://10.0.0.1/")) == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("intranet.harvest.test", "intranet.harvest.test resolves to 10.0.0.1, which is a private address"),
+        ("metadata.harvest.test", "resolves to 169.254.169.254, which is a link-local address"),
+        ("INTRANET.harvest.test.", "intranet.harvest.test resolves to 10.0.0.1"),  # case, trailing dot
+    ],
+)
+def test_a_name_resolving_to_a_non_public_address_is_blocked(host: str, message: str) -> None:
+    with pytest.raises(Blocked) as info:
+        AddressGuard().resolve(parse_target(f"http://{host}/x.png"))
+    assert message in str(info.value) and "HARVEST_ALLOW_HOSTS" in str(info.value)
+
+
+def test_a_cidr_in_allow_hosts_lets_a_name_through_to_its_checked_address() -> None:
+    # The guard returns the address the engine is to connect to; here it is only compared.
+    guard = AddressGuard(allow_hosts=("10.0.0.0/8",))
+    assert guard.resolve(parse_target("http://intranet.harvest.test/x.png")) == "10.0.0.1"
+    with pytest.raises(Blocked, match="link-local"):
+        guard.resolve(parse_target("http://metadata.harvest.test/x.png"))

@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,18 @@ if TYPE_CHECKING:
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Longest wait for something another thread or process does; passing it means a failure (or a
+# hang caught), never a normal outcome, so a busy machine only makes a test slower.
+DEADLINE_SECONDS = 20.0
+
+
+def wait_until(condition: Callable[[], object], what: str, *, poll: float = 0.005) -> None:
+    """Poll ``condition`` until it holds; fail the test after :data:`DEADLINE_SECONDS`."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {DEADLINE_SECONDS}s for {what}")
+        time.sleep(poll)
 
 
 @pytest.fixture
@@ -57,22 +69,37 @@ def shared(
 
 
 def peak_concurrency(
-    limits: HostLimits, host: str, workers: int, *, requests: int = 1, hold: float = 0.05
+    limits: HostLimits, host: str, workers: int, *, cap: int, requests: int = 1, hold: float = 0.05
 ) -> int:
-    """The most slots held at once while ``workers`` threads each make ``requests`` requests."""
-    in_flight, peak = 0, 0
-    lock = threading.Lock()
+    """The most slots held at once while ``workers`` threads each make ``requests`` requests.
+
+    A thread keeps its slot until ``cap`` slots are held (or as many as there are threads still
+    working), so a correct limiter reaches its cap however slow the machine; then it keeps it up to
+    ``hold`` seconds more, or until a slot over the cap is granted, which a limiter that lets too
+    many in does in that time. (``hold`` only decides how sure the test is to see such a bug.)
+    """
+    in_flight, peak, working = 0, 0, workers
+    changed = threading.Condition()
+
+    def cap_filled() -> bool:
+        return in_flight >= min(cap, working)
+
+    def over_cap() -> bool:
+        return in_flight > cap
 
     def work() -> None:
-        nonlocal in_flight, peak
+        nonlocal in_flight, peak, working
         for _ in range(requests):
-            with slot(limits, host):
-                with lock:
-                    in_flight += 1
-                    peak = max(peak, in_flight)
-                time.sleep(hold)
-                with lock:
-                    in_flight -= 1
+            with slot(limits, host), changed:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                changed.notify_all()
+                changed.wait_for(cap_filled, timeout=DEADLINE_SECONDS)
+                changed.wait_for(over_cap, timeout=hold)
+                in_flight -= 1
+        with changed:
+            working -= 1
+            changed.notify_all()
 
     threads = [threading.Thread(target=work) for _ in range(workers)]
     for thread in threads:
@@ -83,7 +110,7 @@ def peak_concurrency(
 
 
 def test_local_slots_cap_requests_per_host() -> None:
-    assert peak_concurrency(LocalHostLimits(per_host=2), "example.com", workers=8) == 2
+    assert peak_concurrency(LocalHostLimits(per_host=2), "example.com", workers=8, cap=2) == 2
 
 
 def test_a_release_wakes_one_waiting_thread_not_all(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,6 +133,9 @@ def test_a_release_wakes_one_waiting_thread_not_all(monkeypatch: pytest.MonkeyPa
             with slot(limits, "example.com", deadline=time.monotonic() + 30) as lease:
                 assert lease is not None
                 turns += 1
+                # Work done holding the slot (not a wait for another thread), so that the others
+                # queue for it. A busy machine only queues fewer of them: a weaker test, never a
+                # false failure (the bound is twice the one wait per turn of a correct limiter).
                 time.sleep(0.0005)
 
     threads = [threading.Thread(target=work) for _ in range(16)]
@@ -128,12 +158,15 @@ def test_local_limits_forget_idle_hosts() -> None:
 
 def test_local_pause_holds_one_host_only() -> None:
     limits = LocalHostLimits(per_host=4)
-    limits.pause("slow.example", 0.3)
-    started = time.monotonic()
-    with slot(limits, "other.example"):
-        assert time.monotonic() - started < 0.05
-    with slot(limits, "slow.example"):
-        assert time.monotonic() - started >= 0.29
+    limits.pause("paused.example", 60)
+    # Had the pause held every host, this would give up at its deadline (inside the pause).
+    assert limits.paused_for("other.example") == 0
+    assert limits.acquire("other.example", deadline=time.monotonic() + DEADLINE_SECONDS) is not None
+    assert limits.acquire("paused.example", deadline=time.monotonic() + 0.1) is None
+    before_pause = time.monotonic()
+    limits.pause("brief.example", 0.3)
+    with slot(limits, "brief.example"):
+        assert time.monotonic() - before_pause >= 0.3  # a lower bound: a slow machine only adds
 
 
 def test_local_acquire_gives_up_at_the_deadline() -> None:
@@ -153,7 +186,7 @@ def test_redis_slots_hold_across_instances(redis_client: Any, prefix: str) -> No
     worker_a.release(leases[0])  # type: ignore[arg-type]
     # worker A may keep a released slot for its own next request, but never longer than ~1 s idle.
     assert worker_b.acquire("example.com", deadline=time.monotonic() + 2.0) is not None
-    assert peak_concurrency(shared(redis_client, prefix, per_host=3), "other.example", workers=9) == 3
+    assert peak_concurrency(shared(redis_client, prefix, per_host=3), "other.example", workers=9, cap=3) == 3
 
 
 def test_the_lease_sweeper_is_started_outside_the_lock(
@@ -194,7 +227,7 @@ def test_threads_beyond_the_slots_held_wait_for_one_instead_of_asking_redis(
         return answer
 
     limits._acquire = counting_ask  # type: ignore[method-assign]
-    assert peak_concurrency(limits, "example.com", workers=8, requests=25, hold=0.002) == 2
+    assert peak_concurrency(limits, "example.com", workers=8, cap=2, requests=25, hold=0.002) == 2
     limits.flush()
     assert answers and all(answer == 1 for answer in answers), answers  # never asked in vain
     assert len(answers) <= 8 * 25 / 2  # and leases were handed between threads, not re-asked each time
@@ -205,21 +238,25 @@ def test_a_killed_workers_slot_expires(redis_client: Any, prefix: str) -> None:
     assert crashed.acquire("example.com") is not None  # never released: the worker "died"
     started = time.monotonic()
     survivor = shared(redis_client, prefix, per_host=1, lease_seconds=1)
-    assert survivor.acquire("example.com", deadline=started + 3) is not None
-    assert 0.5 < time.monotonic() - started < 3.0  # lease of 1 s + the 1 s reuse window
+    # Granted at all proves the lease expired (a slot held for ever would never be granted); the
+    # deadline is generous, so a busy machine cannot fail it. Not at once: the lease was held.
+    assert survivor.acquire("example.com", deadline=started + DEADLINE_SECONDS) is not None
+    assert time.monotonic() - started > 0.5  # lease of 1 s (+ up to the 1 s reuse window)
 
 
 def test_redis_pause_is_seen_by_every_instance(redis_client: Any, prefix: str) -> None:
     worker_a, worker_b = shared(redis_client, prefix), shared(redis_client, prefix)
-    worker_a.pause("example.com", 0.5)
+    worker_a.pause("example.com", 60)  # long: what is read below cannot depend on the machine's speed
     assert redis_client.pttl(f"{prefix}:pause:example.com") > 0
-    assert 0.3 < worker_b.paused_for("example.com") <= 0.5
+    assert 30 < worker_b.paused_for("example.com") <= 60
     worker_a.pause("example.com", 0.1)  # a shorter pause never cuts a longer one
-    assert worker_b.paused_for("example.com") > 0.3
-    started = time.monotonic()
-    with slot(worker_b, "example.com"):
-        assert time.monotonic() - started >= 0.3
+    assert worker_b.paused_for("example.com") > 30
     assert worker_b.paused_for("other.example") == 0
+    before_pause = time.monotonic()
+    worker_a.pause("brief.example", 0.5)
+    with slot(worker_b, "brief.example"):
+        # Lower bounds only (Redis keeps the TTL in ms): a slow machine can only add to them.
+        assert time.monotonic() - before_pause >= 0.45
 
 
 SECOND_WORKER = textwrap.dedent(
@@ -234,8 +271,11 @@ SECOND_WORKER = textwrap.dedent(
     url, prefix, storage, redis_url = sys.argv[1:5]
     settings = FetchSettings(allow_hosts=("127.0.0.1",), redis_url=redis_url, total_timeout=5)
     limits = RedisHostLimits(redis.Redis.from_url(redis_url), per_host=4, lease_seconds=10, prefix=prefix)
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": the host has just been paused
+    paused_for = limits.paused_for("127.0.0.1")
     [result] = fetch_batch([url], settings, store=ContentAddressedStore(storage), limits=limits)
-    print(result.status, result.attempts)
+    print(result.status, result.attempts, paused_for > 0)
     """
 )
 
@@ -247,6 +287,23 @@ def test_a_429_pauses_the_host_for_a_second_worker_process(
         allow_hosts=("127.0.0.1",), redis_url=REDIS_URL, total_timeout=5, backoff_base=0.05, retry_after_cap=5
     )
     store = ContentAddressedStore(f"file://{tmp_path}")
+    # The second worker starts first and waits, imports done, so that it is told to go at once.
+    second = subprocess.Popen(
+        [sys.executable, "-c", SECOND_WORKER, hostile_server.url("/second-worker.png"), prefix,
+         str(tmp_path), REDIS_URL],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    stuck = threading.Timer(DEADLINE_SECONDS, second.kill)  # readline() below has no timeout
+    stuck.start()
+    try:
+        assert second.stdout is not None and second.stderr is not None
+        assert second.stdout.readline() == "ready\n", second.stderr.read()
+    except BaseException:
+        second.kill()
+        raise
+    finally:
+        stuck.cancel()
     first: list[Any] = []
     worker_one = threading.Thread(
         target=lambda: first.extend(
@@ -259,32 +316,20 @@ def test_a_429_pauses_the_host_for_a_second_worker_process(
         )
     )
     worker_one.start()
-    while not hostile_server.hits("/throttled-shared.png"):
-        time.sleep(0.01)
+    try:
+        # The 429 (Retry-After: 2) has reached worker one and paused the host in Redis.
+        wait_until(lambda: redis_client.pttl(f"{prefix}:pause:127.0.0.1") > 0, "the pause in Redis")
+    except BaseException:
+        second.kill()
+        raise
     throttled_at = hostile_server.hits("/throttled-shared.png")[0].at
-    time.sleep(0.2)  # the 429 (Retry-After: 2) has reached worker one and paused the host in Redis
-    launched_at = time.monotonic()
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            SECOND_WORKER,
-            hostile_server.url("/second-worker.png"),
-            prefix,
-            str(tmp_path),
-            REDIS_URL,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    worker_one.join(timeout=30)
+    out, err = second.communicate("go\n", timeout=DEADLINE_SECONDS + 10)
+    worker_one.join(timeout=DEADLINE_SECONDS)
 
-    assert second.returncode == 0, second.stderr
-    assert second.stdout.split() == ["ok", "1"]
-    assert launched_at < throttled_at + 1.5  # the second worker really was started inside the pause
+    assert second.returncode == 0, err
+    # "True": the second worker found the host paused when it was told to go (were the machine
+    # so slow that the pause was over by then, this test could not prove anything, and says so).
+    assert out.split() == ["ok", "1", "True"], out
     second_hit = hostile_server.hits("/second-worker.png")[0].at
     assert second_hit >= throttled_at + 1.9  # ...and sent nothing until the pause was over
     assert [(r.status, r.attempts) for r in first] == [(Status.OK, 2), (Status.OK, 1)]
@@ -304,6 +349,6 @@ def test_limits_fall_back_to_this_process_when_redis_is_down(refused_url: str) -
     )
     limits = RedisHostLimits(unreachable, per_host=2, lease_seconds=5, prefix="harvest-test-down")
     assert limits.paused_for("example.com") == 0  # finds Redis down, and stops asking for a while
-    assert peak_concurrency(limits, "example.com", workers=6) == 2
+    assert peak_concurrency(limits, "example.com", workers=6, cap=2) == 2
     limits.pause("example.com", 0.5)
     assert limits.paused_for("example.com") > 0.3

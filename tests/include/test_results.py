@@ -356,3 +356,46 @@ def test_the_longest_accepted_url_fits_the_downloads_key(harvest_conn: Any) -> N
     )
 
     assert rows(harvest_conn, "SELECT length(url) FROM harvest.downloads") == [(MAX_URL_LENGTH,)]
+
+
+def test_the_declared_columns_are_the_tables_and_the_results(harvest_conn: Any) -> None:
+    # harvest.downloads' Result columns are declared once (DOWNLOAD_COLUMNS); the staging table, COPY,
+    # upsert and load_previous derive from it. A column added by a migration, or a field added to
+    # Result, without its entry there fails here instead of being silently dropped.
+    from dataclasses import fields
+
+    from include.harvest.results import DOWNLOAD_COLUMNS
+
+    table = rows(
+        harvest_conn,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'harvest' AND table_name = 'downloads' ORDER BY ordinal_position",
+    )
+    recording = ["run_key", "dag_run_id", "recorded_at"]  # about the recording, not the Result
+    assert [name for (name,) in table if name not in recording] == [c.name for c in DOWNLOAD_COLUMNS]
+    assert sorted(c.field for c in DOWNLOAD_COLUMNS) == sorted(f.name for f in fields(Result))
+
+
+def test_every_result_field_reaches_its_column_and_load_previous(harvest_conn: Any) -> None:
+    from include.harvest.results import DOWNLOAD_COLUMNS
+
+    result = ok(
+        "https://example.com/all.jpg",
+        etag='"v1"',
+        error="kept\twith a tab",
+        attempts=3,
+        line=7,
+        meta={"caption": "ä"},
+        status=Status.OK,
+    )
+    record_run(harvest_conn, run_info(), [result], batches=1)
+    names = ", ".join(c.name for c in DOWNLOAD_COLUMNS)
+    [row] = rows(harvest_conn, f"SELECT {names} FROM harvest.downloads")
+    stored = dict(zip([c.field for c in DOWNLOAD_COLUMNS], row, strict=True))
+    stored["fetched_at"] = stored["fetched_at"].isoformat()
+    assert stored == {c.field: getattr(result, c.field) for c in DOWNLOAD_COLUMNS}
+
+    previous = load_previous(harvest_conn, [result.url])[result.url]
+    for column in DOWNLOAD_COLUMNS:
+        if column.previous:
+            assert getattr(previous, column.field) == getattr(result, column.field), column.name

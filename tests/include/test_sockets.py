@@ -47,7 +47,9 @@ def test_silent_peer_raises_timeout_error_after_the_timeout(
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         client.recv(10)
-    assert 0.25 <= time.monotonic() - started < 2.0
+    # A lower bound, and an upper one loose enough for a busy machine: it catches a timeout not
+    # applied (recv() would block for ever) or in the wrong unit (300 s); the value set is checked below.
+    assert 0.25 <= time.monotonic() - started < 30
     assert kernel_timeout(client, socket.SO_RCVTIMEO) == pytest.approx(0.3)
 
 

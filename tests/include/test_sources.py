@@ -69,8 +69,7 @@ def test_txt_list_skips_comments_and_blanks_and_rejects_bad_lines_with_line_numb
     ]
     assert read.rejected[0].error is not None and read.rejected[0].error.startswith("line 5: ")
     assert (
-        read.rejected[1].error
-        == "line 7: scheme 'ftp' is not supported; only http and https URLs are fetched"
+        read.rejected[1].error == "line 7: scheme 'ftp:' is not allowed: only http and https URLs are fetched"
     )
 
 
