@@ -35,7 +35,7 @@ tab of a run (failing hosts, failed URLs with their errors, CSV download).
 
 ## Statuses
 `ok`, `not_modified`, `rejected`, `blocked`, `http_error`, `timeout`, `connection_error`,
-`too_large`, `too_many_redirects`, `invalid_content`, `skipped` — see the README.
+`too_large`, `too_many_redirects`, `invalid_content`, `skipped`, `internal_error` — see the README.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ STATUS_COLORS: dict[str, str] = {
     Status.TOO_MANY_REDIRECTS: "#ad1457",
     Status.INVALID_CONTENT: "#fbc02d",
     Status.SKIPPED: "#cfd8dc",
+    Status.INTERNAL_ERROR: "#37474f",
 }
 _ORDER = list(STATUS_COLORS)
 _FONT = 'font-family="system-ui, sans-serif" font-size="11" fill="#555"'

@@ -423,6 +423,8 @@ class _Fetcher:
         self._pools_by_target: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self._bugs_logged: set[type[BaseException]] = set()  # exception types whose traceback is logged
+        self._bugs_lock = threading.Lock()
 
     def close(self) -> None:
         self.pools.clear()
@@ -485,16 +487,35 @@ class _Fetcher:
         except OSError:
             raise  # storage failure: not this URL's fault (see module docstring)
         except Exception as exc:  # a bug must not cost the other URLs of the batch their results
-            self.log.warning("unexpected error fetching %s", url, exc_info=True)
+            self._log_bug(url, exc)
             return self._result(
                 trace,
                 started,
-                Status.CONNECTION_ERROR,
-                error=f"unexpected error ({type(exc).__name__}: {exc}); this is a Harvest bug, please report it",
+                Status.INTERNAL_ERROR,
+                error=f"internal error ({type(exc).__name__}: {exc}); this is a bug in Harvest, "
+                "please report it with the task log",
             )
         finally:
             if fetched is not None and fetched.body is not None:
                 fetched.body.close()
+
+    def _log_bug(self, url: str, exc: Exception) -> None:
+        """The traceback of a bug once per exception type and batch; its other URLs at debug level
+        (they are counted in the progress lines and each has its own error text)."""
+        kind = type(exc)
+        with self._bugs_lock:
+            first = kind not in self._bugs_logged
+            self._bugs_logged.add(kind)
+        if first:
+            self.log.error(
+                "internal error fetching %s (a bug in Harvest, please report it; further %s in this "
+                "batch are recorded as internal_error without a traceback)",
+                url,
+                kind.__name__,
+                exc_info=exc,
+            )
+        else:
+            self.log.debug("%s: internal error: %s: %s", url, kind.__name__, exc)
 
     def _conditional_headers(self, previous: Result | None) -> dict[str, str]:
         if (
@@ -634,7 +655,14 @@ class _Fetcher:
             finally:
                 self.limits.release(lease)
             try:
-                next_target = parse_target(urllib.parse.urljoin(target.url, location))
+                joined = urllib.parse.urljoin(target.url, location)
+            except ValueError as exc:  # e.g. "http://[::1/x": urljoin itself cannot split it
+                raise HttpError(
+                    f"server redirected to an unusable Location {location!r}: {exc}",
+                    http_status=trace.http_status,
+                ) from exc
+            try:
+                next_target = parse_target(joined)
             except Rejected as exc:
                 raise Rejected(f"redirect from {target.url} to {location!r}: {exc}") from exc
             if next_target.url in visited:

@@ -29,6 +29,7 @@ class Status(enum.StrEnum):
     TOO_MANY_REDIRECTS = "too_many_redirects"  # redirect chain longer than the cap, or a loop
     INVALID_CONTENT = "invalid_content"  # not an acceptable image: wrong type, truncated, bomb
     SKIPPED = "skipped"  # not attempted: the batch deadline (HARVEST_BATCH_DEADLINE) had passed
+    INTERNAL_ERROR = "internal_error"  # a bug in Harvest, not the server's fault: the error names it
 
 
 TERMINAL_OK = frozenset({Status.OK, Status.NOT_MODIFIED})

@@ -205,6 +205,8 @@ class HostileServer:
     counters: dict[str, int] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    events: list[str] = field(default_factory=list)  # what handlers observed (see note/wait_for)
+    changed: threading.Condition = field(default_factory=threading.Condition)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -212,6 +214,17 @@ class HostileServer:
     def hits(self, path: str) -> list[Seen]:
         with self.lock:
             return [s for s in self.seen if s.path == path]
+
+    def note(self, event: str) -> None:
+        """A handler records what it saw of the client (e.g. that it hung up before the body)."""
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def wait_for(self, event: str, timeout: float = 10.0) -> bool:
+        """Whether a handler noted ``event`` (waiting for it up to ``timeout`` seconds)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: event in self.events, timeout=timeout)
 
     def count(self, key: str) -> int:
         """How many times ``key`` was requested before (0 on the first request)."""
@@ -378,6 +391,43 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
     @route("/noai.png")
     def noai(h: BaseHTTPRequestHandler) -> None:
         send(h, 200, images.png, "image/png", X_Robots_Tag="noai")
+
+    # One image per X-Robots-Tag value: /robots-tag/<name>.png
+    robots_tags = {
+        "noai": "noai",
+        "noimageai": "noimageai",
+        "none": "none",
+        "listed": "noindex, noimageai",
+        "for-harvest": "harvest: noai",
+        "for-everyone": "*: noimageai",
+        "for-otherbot": "otherbot: noai",
+        "noindex": "noindex, nofollow",
+    }
+    for name, value in robots_tags.items():
+        route(f"/robots-tag/{name}.png")(
+            lambda h, value=value: send(h, 200, images.png, "image/png", X_Robots_Tag=value)
+        )
+
+    @route("/noai-held-body.png")
+    def noai_held_body(h: BaseHTTPRequestHandler) -> None:
+        # X-Robots-Tag: noai, then a few bytes of the body; the rest is held back until the client
+        # hangs up. A client that waited for the body would end in a timeout, and "held" be noted.
+        head(h, 200, "image/png", Content_Length=str(len(images.png)), X_Robots_Tag="noai")
+        h.wfile.write(images.png[:100])
+        h.wfile.flush()
+        h.connection.settimeout(10)
+        try:
+            hung_up = h.connection.recv(1) == b""  # no request follows: only EOF (or a reset) comes
+        except TimeoutError:
+            hung_up = False
+        except OSError:
+            hung_up = True  # reset: the client closed with our unread bytes in its buffer
+        server_state.note("noai-held-body: " + ("client hung up before the body" if hung_up else "held"))
+        h.close_connection = True
+
+    @route("/to-unparsable")
+    def to_unparsable(h: BaseHTTPRequestHandler) -> None:
+        send(h, 302, b"", "text/plain", Location="http://[::1/x")  # urljoin raises ValueError
 
     @route("/etag.jpg")
     def etag(h: BaseHTTPRequestHandler) -> None:

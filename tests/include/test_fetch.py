@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from include.harvest import fetch as fetch_module
 from include.harvest.errors import Blocked, HttpError, TooLarge
 from include.harvest.fetch import fetch_batch, fetch_bytes
 from include.harvest.models import Result, Status
@@ -137,6 +138,13 @@ CASES = {
         on_server("/to-metadata"),
         Status.BLOCKED,
         ("resolves to 169.254.169.254, which is a link-local address", "HARVEST_ALLOW_HOSTS"),
+    ),
+    "redirect to an unparsable Location": Case(
+        on_server("/to-unparsable"),
+        Status.HTTP_ERROR,
+        ("server redirected to an unusable Location 'http://[::1/x'", "Invalid IPv6 URL"),
+        attempts=1,
+        http_status=302,
     ),
     "file://": Case(
         literal("file:///etc/passwd"), Status.REJECTED, ("scheme 'file:'", "only http and https")
@@ -383,6 +391,96 @@ def test_progress_is_logged_in_summary_lines_not_per_url(
     lines = [r.getMessage() for r in caplog.records if r.name == "harvest.test.progress"]
     assert len(lines) <= 3
     assert "fetched 60/60 URLs" in lines[-1] and "http_error=20" in lines[-1]
+
+
+# X-Robots-Tag value served by /robots-tag/<name>.png -> whether Harvest must leave the image alone
+ROBOTS_TAGS = {
+    "noai": True,
+    "noimageai": True,
+    "none": True,
+    "listed": True,  # "noindex, noimageai"
+    "for-harvest": True,  # "harvest: noai"
+    "for-everyone": True,  # "*: noimageai"
+    "for-otherbot": False,  # "otherbot: noai" speaks to another crawler
+    "noindex": False,  # "noindex, nofollow" says nothing about AI use
+}
+ROBOTS_VALUES = {
+    "noai": "noai",
+    "noimageai": "noimageai",
+    "none": "none",
+    "listed": "noindex, noimageai",
+    "for-harvest": "harvest: noai",
+    "for-everyone": "*: noimageai",
+}
+
+
+@pytest.fixture(scope="module")
+def robots_results(
+    hostile_server: HostileServer, fast_settings: FetchSettings, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Result]:
+    store = ContentAddressedStore(f"file://{tmp_path_factory.mktemp('robots')}/storage")
+    urls = [hostile_server.url(f"/robots-tag/{name}.png") for name in ROBOTS_TAGS]
+    return dict(zip(ROBOTS_TAGS, fetch_batch(urls, fast_settings, store=store), strict=True))
+
+
+@pytest.mark.parametrize("name", list(ROBOTS_TAGS))
+def test_x_robots_tag_directives(name: str, robots_results: dict[str, Result]) -> None:
+    result = robots_results[name]
+    if ROBOTS_TAGS[name]:
+        assert result.status is Status.BLOCKED, result.error
+        assert result.error and f"X-Robots-Tag: {ROBOTS_VALUES[name]}," in result.error
+        assert (result.attempts, result.http_status, result.sha256) == (1, 200, None)
+    else:
+        assert result.status is Status.OK, result.error
+
+
+def test_x_robots_tag_is_checked_before_the_body_is_read(
+    hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
+) -> None:
+    # The server sends the header and 100 bytes, then holds the rest back until the client hangs
+    # up: a client reading the body first would end in a timeout, with the body still held.
+    [result] = fetch_batch([hostile_server.url("/noai-held-body.png")], fast_settings, store=store)
+
+    assert result.status is Status.BLOCKED, result.error
+    assert result.error and "X-Robots-Tag: noai" in result.error
+    assert hostile_server.wait_for("noai-held-body: client hung up before the body"), hostile_server.events
+
+
+def test_a_bug_is_an_internal_error_with_one_traceback_and_the_batch_goes_on(
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_response = fetch_module._Fetcher._check_response
+
+    def buggy(self: Any, response: Any, target: Any, trace: Any) -> str | None:
+        if "/ok.gif" in target.url:
+            return 1 // 0  # type: ignore[no-any-return]
+        return check_response(self, response, target, trace)
+
+    monkeypatch.setattr(fetch_module._Fetcher, "_check_response", buggy)
+    log = logging.getLogger("harvest.test.bug")
+    broken = [hostile_server.url(f"/ok.gif?n={n}") for n in range(3)]
+    fine = [hostile_server.url("/ok.png"), hostile_server.url("/ok.jpg"), hostile_server.url("/status/404")]
+
+    with caplog.at_level(logging.DEBUG, logger="harvest.test.bug"):
+        results = fetch_batch(broken + fine, fast_settings, store=store, log=log)
+    by_url = dict(zip(broken + fine, results, strict=True))
+
+    for url in broken:
+        assert by_url[url].status is Status.INTERNAL_ERROR
+        error = by_url[url].error or ""
+        assert "ZeroDivisionError: integer division or modulo by zero" in error
+        assert "bug in Harvest" in error and "connection" not in error
+        assert by_url[url].attempts == 1  # a bug is not retried like a network failure
+    assert [by_url[url].status for url in fine] == [Status.OK, Status.OK, Status.HTTP_ERROR]
+    tracebacks = [r for r in caplog.records if r.name == "harvest.test.bug" and r.exc_info]
+    assert len(tracebacks) == 1 and tracebacks[0].levelno == logging.ERROR
+    assert tracebacks[0].exc_info and tracebacks[0].exc_info[0] is ZeroDivisionError
+    summary = [r.getMessage() for r in caplog.records if r.name == "harvest.test.bug"][-1]
+    assert "internal_error=3" in summary  # the progress summary counts them
 
 
 def test_options_accept_svg_and_any_content(

@@ -18,6 +18,7 @@ from include.harvest.migrations import (
     dsn_from_airflow_conn,
     pending_migrations,
 )
+from include.harvest.models import Status
 
 pytest_plugins = ["tests.include.db_fixtures"]
 
@@ -34,7 +35,7 @@ def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-ALL_MIGRATIONS = ["0001_initial", "0002_report_indexes"]
+ALL_MIGRATIONS = ["0001_initial", "0002_report_indexes", "0003_internal_error_status"]
 
 
 def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None:
@@ -51,6 +52,7 @@ def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None
     assert query(empty_db_dsn, "SELECT version, name FROM harvest.schema_migrations ORDER BY 1") == [
         ("0001", "0001_initial"),
         ("0002", "0002_report_indexes"),
+        ("0003", "0003_internal_error_status"),
     ]
     assert pending_migrations(empty_db_dsn) == []
 
@@ -163,3 +165,15 @@ def test_dsn_from_airflow_conn(value: str, expected: str) -> None:
 def test_dsn_from_airflow_conn_refuses_other_schemes() -> None:
     with pytest.raises(ValueError, match="expected a postgresql://"):
         dsn_from_airflow_conn("mysql://u@db/x")
+
+
+def test_the_schema_accepts_every_status(empty_db_dsn: str) -> None:
+    apply_migrations(empty_db_dsn)
+    rows = ", ".join(f"('k', 'http://x/{status}', '{status}', 'r')" for status in Status)
+
+    query(
+        empty_db_dsn,
+        f"INSERT INTO harvest.downloads (run_key, url, status, dag_run_id) VALUES {rows} RETURNING 1",
+    )
+
+    assert query(empty_db_dsn, "SELECT count(*) FROM harvest.downloads") == [(len(Status),)]
