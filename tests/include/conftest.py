@@ -37,6 +37,18 @@ from include.harvest.storage import ContentAddressedStore
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 
+# X-Robots-Tag values the test server sends, one image each: /robots-tag/<name>.png
+ROBOTS_TAG_VALUES = {
+    "noai": "noai",
+    "noimageai": "noimageai",
+    "none": "none",
+    "listed": "noindex, noimageai",
+    "for-harvest": "harvest: noai",
+    "for-everyone": "*: noimageai",
+    "for-otherbot": "otherbot: noai",
+    "noindex": "noindex, nofollow",
+}
+
 
 # Names the test resolver answers (without DNS) with non-public addresses, for the engine's guard
 # to refuse. ``.test`` is reserved (RFC 2606): no real host can answer to these names.
@@ -393,17 +405,7 @@ def _handler(server_state: HostileServer, images: Images) -> type[BaseHTTPReques
         send(h, 200, images.png, "image/png", X_Robots_Tag="noai")
 
     # One image per X-Robots-Tag value: /robots-tag/<name>.png
-    robots_tags = {
-        "noai": "noai",
-        "noimageai": "noimageai",
-        "none": "none",
-        "listed": "noindex, noimageai",
-        "for-harvest": "harvest: noai",
-        "for-everyone": "*: noimageai",
-        "for-otherbot": "otherbot: noai",
-        "noindex": "noindex, nofollow",
-    }
-    for name, value in robots_tags.items():
+    for name, value in ROBOTS_TAG_VALUES.items():
         route(f"/robots-tag/{name}.png")(
             lambda h, value=value: send(h, 200, images.png, "image/png", X_Robots_Tag=value)
         )

@@ -25,6 +25,7 @@ from include.harvest.fetch import fetch_batch, fetch_bytes
 from include.harvest.models import Result, Status
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
+from tests.include.conftest import ROBOTS_TAG_VALUES
 
 if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
     from tests.include.conftest import HostileServer, Images, LoopbackOnly, TlsServer
@@ -404,14 +405,6 @@ ROBOTS_TAGS = {
     "for-otherbot": False,  # "otherbot: noai" speaks to another crawler
     "noindex": False,  # "noindex, nofollow" says nothing about AI use
 }
-ROBOTS_VALUES = {
-    "noai": "noai",
-    "noimageai": "noimageai",
-    "none": "none",
-    "listed": "noindex, noimageai",
-    "for-harvest": "harvest: noai",
-    "for-everyone": "*: noimageai",
-}
 
 
 @pytest.fixture(scope="module")
@@ -428,7 +421,7 @@ def test_x_robots_tag_directives(name: str, robots_results: dict[str, Result]) -
     result = robots_results[name]
     if ROBOTS_TAGS[name]:
         assert result.status is Status.BLOCKED, result.error
-        assert result.error and f"X-Robots-Tag: {ROBOTS_VALUES[name]}," in result.error
+        assert result.error and f"X-Robots-Tag: {ROBOTS_TAG_VALUES[name]}," in result.error
         assert (result.attempts, result.http_status, result.sha256) == (1, 200, None)
     else:
         assert result.status is Status.OK, result.error
