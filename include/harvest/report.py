@@ -203,14 +203,7 @@ def make_read_only(conn: Any, *, statement_timeout_ms: int = STATEMENT_TIMEOUT_M
 def recent_runs(conn: Any, *, limit: int = DEFAULT_RECENT_RUNS) -> list[RunRow]:
     """The ``limit`` most recently finished runs, newest first (index ``runs_finished_at``)."""
     limit = max(1, min(int(limit), MAX_RECENT_RUNS))
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT {_RUN_COLUMNS} FROM harvest.runs ORDER BY finished_at DESC, run_key LIMIT %s",
-            (limit,),
-        )
-        rows = cur.fetchall()
-    conn.commit()
-    return [_run_row(row) for row in rows]
+    return _runs(conn, "ORDER BY finished_at DESC, run_key LIMIT %s", (limit,))
 
 
 def find_run(conn: Any, dag_run_id: str) -> RunRow | None:
@@ -219,14 +212,17 @@ def find_run(conn: Any, dag_run_id: str) -> RunRow | None:
     None when that DAG run has not recorded yet, or when a later run of the same run key (a date
     run again) has replaced its recording.
     """
+    found = _runs(conn, "WHERE dag_run_id = %s ORDER BY finished_at DESC LIMIT 1", (dag_run_id,))
+    return found[0] if found else None
+
+
+def _runs(conn: Any, clause: str, params: tuple[Any, ...]) -> list[RunRow]:
+    """``harvest.runs`` rows selected by ``clause``, as view models; the read ends its transaction."""
     with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT {_RUN_COLUMNS} FROM harvest.runs WHERE dag_run_id = %s ORDER BY finished_at DESC LIMIT 1",
-            (dag_run_id,),
-        )
-        row = cur.fetchone()
+        cur.execute(f"SELECT {_RUN_COLUMNS} FROM harvest.runs {clause}", params)
+        rows = cur.fetchall()
     conn.commit()
-    return None if row is None else _run_row(row)
+    return [_run_row(row) for row in rows]
 
 
 def host_report(conn: Any, run_key: str, *, limit: int = DEFAULT_HOSTS) -> HostReport:
