@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -280,7 +280,7 @@ def download(
             f"{batch['uri']} is gone: a run's work files are deleted once it is recorded. To download "
             "this run again, clear the whole run (from read_sources), not one of its batches."
         ) from exc
-    urls = [item.url for item in items]
+    urls = [item.url for item in items]  # unique: read_sources dropped duplicates
     store = ContentAddressedStore(storage_uri)
     # A results file left by an earlier attempt that got that far (killed before Airflow saved its
     # return value) is not reused: the batch is computed again, from the checkpoints if any are
@@ -290,18 +290,19 @@ def download(
     partial_uri: str | None = batch.get("partial_uri")  # absent from batches planned before checkpoints
     earlier = checkpoints.load_checkpoint(partial_uri, log=log) if partial_uri else {}
     reused = checkpoints.reusable_results(earlier, urls, store) if earlier else {}
-    to_fetch = [url for url in urls if url not in reused]
+    to_fetch = [item for item in items if item.url not in reused]
     if earlier:
         log.info(
             "resuming: %d URLs already stored by an earlier attempt, %d to fetch", len(reused), len(to_fetch)
         )
     previous: dict[str, Result] = {}
     if to_fetch and use_previous and settings.conditional_requests:
+        fetch_urls = [item.url for item in to_fetch]
         with closing(connect()) as conn:
-            recorded = results.load_previous(conn, to_fetch)
+            recorded = results.load_previous(conn, fetch_urls)
         # A 304 only confirms the copy we hold: trust it only if its blob is in this store (not
         # deleted, not in a store the operator moved away from); otherwise download in full.
-        previous = checkpoints.reusable_results(recorded, to_fetch, store) if recorded else {}
+        previous = checkpoints.reusable_results(recorded, fetch_urls, store) if recorded else {}
         if len(previous) < len(recorded):
             log.info(
                 "%d of %d earlier copies are not in %s: downloading them in full",
@@ -319,16 +320,13 @@ def download(
             log=log,
             on_result=checkpoint.add if checkpoint else None,
         )
-    if len(fetched) != len(to_fetch):  # the engine's contract; a silent drop would lose URLs
-        raise RuntimeError(f"fetch_batch returned {len(fetched)} results for {len(to_fetch)} URLs")
-    fresh = iter(fetched)
-    batch_results: list[Result] = []
-    for item in items:  # batch order, one result per URL, as the reduce expects
-        earlier_result = reused.get(item.url)
-        # A copy of a reused result: a URL listed twice gets its own line and meta.
-        result = replace(earlier_result) if earlier_result is not None else next(fresh)
-        result.line, result.meta = item.line, item.meta
-        batch_results.append(result)
+    # Batch order, one result per URL, as the reduce expects; results carry their item's line and
+    # meta from the engine (and from the checkpoint, for reused ones).
+    answered = {**reused, **{result.url: result for result in fetched}}
+    missing = [url for url in urls if url not in answered]
+    if missing:  # the engine's contract; a silent drop would lose URLs
+        raise RuntimeError(f"fetch_batch returned no result for {len(missing)} URLs, such as {missing[0]}")
+    batch_results = [answered[url] for url in urls]
     write_results(batch["results_uri"], batch_results)
     if partial_uri:
         checkpoints.discard_checkpoint(partial_uri, log=log)

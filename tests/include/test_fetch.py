@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from include.harvest import fetch as fetch_module
+from include.harvest import exchange as exchange_module
 from include.harvest.errors import Blocked, HttpError, TooLarge
 from include.harvest.fetch import fetch_batch, fetch_bytes
-from include.harvest.models import Result, Status
+from include.harvest.models import Result, Status, UrlItem
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
 from tests.include.conftest import ROBOTS_TAG_VALUES
@@ -257,6 +257,33 @@ def test_one_result_per_url_in_input_order(batch: Batch) -> None:
     assert batch.results[0].to_record() == batch.results[-1].to_record()
 
 
+def test_items_travel_whole_line_and_meta_reach_their_own_result(
+    hostile_server: HostileServer, fast_settings: FetchSettings, store: ContentAddressedStore
+) -> None:
+    """The engine takes list items and answers each with its own line and CSV columns, a URL
+    listed twice included (fetched once, reported twice), and whatever order the threads finish in."""
+    items = [
+        UrlItem(hostile_server.url("/ok.png?travel"), line=3, meta={"caption": "a cat"}),
+        UrlItem(hostile_server.url("/status/404"), line=7, meta={"caption": "gone"}),
+        UrlItem("ftp://example.com/x.png", line=9, meta=None),
+        UrlItem(hostile_server.url("/ok.png?travel"), line=12, meta={"caption": "the cat again"}),
+    ]
+    received: list[Result] = []
+
+    results = fetch_batch(items, fast_settings, store=store, on_result=received.append)
+
+    assert [(r.url, r.line, r.meta) for r in results] == [(i.url, i.line, i.meta) for i in items]
+    assert [r.status for r in results] == [Status.OK, Status.HTTP_ERROR, Status.REJECTED, Status.OK]
+    assert results[0] is not results[3] and results[0].sha256 == results[3].sha256
+    # Checkpoints see each unique URL once, already carrying its line and meta.
+    assert sorted((r.line, r.url) for r in received) == [
+        (3, items[0].url),
+        (7, items[1].url),
+        (9, items[2].url),
+    ]
+    assert len(hostile_server.hits("/ok.png?travel")) == 1
+
+
 def test_good_images_are_stored_with_their_sha256(batch: Batch, images: Images) -> None:
     expected = {"/ok.png": images.png, "/ok.jpg": images.jpeg, "/ok.gif": images.gif, "/ok.webp": images.webp}
     for path, body in expected.items():
@@ -446,14 +473,14 @@ def test_a_bug_is_an_internal_error_with_one_traceback_and_the_batch_goes_on(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    check_response = fetch_module._Fetcher._check_response
+    judge = exchange_module.Exchange._judge
 
     def buggy(self: Any, response: Any, target: Any, trace: Any) -> str | None:
         if "/ok.gif" in target.url:
             return 1 // 0  # type: ignore[no-any-return]
-        return check_response(self, response, target, trace)
+        return judge(self, response, target, trace)
 
-    monkeypatch.setattr(fetch_module._Fetcher, "_check_response", buggy)
+    monkeypatch.setattr(exchange_module.Exchange, "_judge", buggy)
     log = logging.getLogger("harvest.test.bug")
     broken = [hostile_server.url(f"/ok.gif?n={n}") for n in range(3)]
     fine = [hostile_server.url("/ok.png"), hostile_server.url("/ok.jpg"), hostile_server.url("/status/404")]

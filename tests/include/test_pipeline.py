@@ -196,10 +196,12 @@ def killed_attempt(
     """What an attempt killed mid-batch leaves: the blobs of every URL it fetched, and checkpoint
     parts of those it fetched before its last flush. No results file, no final flush."""
     store = ContentAddressedStore(storage_uri)
+    items = {item.url: item for item in read_items(batch["uri"])}  # as download passes them
     checkpoint = BatchCheckpoint(batch["partial_uri"])  # as download makes it; then SIGKILL, no close
-    fetch_batch(checkpointed, settings, store=store, on_result=checkpoint.add)
+    fetch_batch([items[url] for url in checkpointed], settings, store=store, on_result=checkpoint.add)
     checkpoint.flush()
-    fetch_batch(after, settings, store=store, on_result=checkpoint.add)  # killed before the next flush
+    # Killed before the next flush:
+    fetch_batch([items[url] for url in after], settings, store=store, on_result=checkpoint.add)
 
 
 def sha256_of(data: bytes) -> str:
