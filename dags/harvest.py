@@ -33,6 +33,13 @@ looked at in `harvest.runs`, and `record_results` ends *skipped* (no Asset event
 To read them in the UI: **Harvest** in the navigation bar (recent runs, charts), and the **Harvest**
 tab of a run (failing hosts, failed URLs with their errors, CSV download).
 
+## Politeness
+Before fetching from a host, its robots.txt is read (RFC 9309, for Harvest's user agent) and what it
+disallows ends `blocked` with the rule in the error; its `Crawl-delay` is honoured by every worker.
+At most `HARVEST_PER_HOST_CONCURRENCY` requests are in flight to one host; `Retry-After` pauses the
+host for all workers. `HARVEST_RESPECT_ROBOTS_TXT=false` turns the robots.txt check off, for your
+own servers only. Set `HARVEST_USER_AGENT` with a contact address.
+
 ## Statuses
 `ok`, `not_modified`, `rejected`, `blocked`, `http_error`, `timeout`, `connection_error`,
 `too_large`, `too_many_redirects`, `invalid_content`, `skipped`, `internal_error` — see the README.

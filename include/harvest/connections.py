@@ -138,6 +138,7 @@ class Connections:
             num_pools=max(64, settings.concurrency * 2),
             maxsize=max(settings.per_host_concurrency, 1),
             block=False,
+            ca_certs=settings.ca_bundle,  # None: the system's trust store
         )
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         # The common case (a fresh attempt) uses the same Timeout: build it once.

@@ -18,6 +18,7 @@ from include.harvest.exchange import Exchange, Fetched, Trace
 from include.harvest.guard import parse_target
 from include.harvest.hostlimits import HostLimits
 from include.harvest.models import Result, Status, UrlItem
+from include.harvest.robots import MAX_ROBOTS_BYTES, RobotsFile, RobotsPolicy
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
 
@@ -30,12 +31,32 @@ class Downloader:
     def __init__(self, settings: FetchSettings, *, limits: HostLimits, log: logging.Logger) -> None:
         self.settings = settings
         self.log = log
-        self.exchange = Exchange(settings, limits=limits, log=log)
+        self._robots_exchange: Exchange | None = None
+        robots: RobotsPolicy | None = None
+        if settings.respect_robots_txt:
+            self._robots_exchange = Exchange(_robots_settings(settings), limits=limits, log=log)
+            robots = RobotsPolicy(settings, self._fetch_robots)
+        self.exchange = Exchange(settings, limits=limits, log=log, robots=robots)
         self._bugs_logged: set[type[BaseException]] = set()  # exception types whose traceback is logged
         self._bugs_lock = threading.Lock()
 
     def close(self) -> None:
         self.exchange.close()
+        if self._robots_exchange is not None:
+            self._robots_exchange.close()
+
+    def _fetch_robots(self, url: str) -> RobotsFile:
+        """GET a robots.txt through the guarded client (guard, timeouts, redirects, retries, host
+        slots). A status other than success raises, with its ``http_status``, which the policy reads."""
+        assert self._robots_exchange is not None
+        fetched = self._robots_exchange.download(parse_target(url), {}, Trace(url), batch_deadline=None)
+        if fetched.body is None:  # not asked conditionally: only a 304 comes without a body
+            return RobotsFile(fetched.http_status)
+        try:
+            fetched.body.file.seek(0)
+            return RobotsFile(fetched.http_status, fetched.body.file.read())
+        finally:
+            fetched.body.close()
 
     def fetch_one(
         self,
@@ -135,6 +156,21 @@ class Downloader:
             )
         else:
             self.log.debug("%s: internal error: %s: %s", url, kind.__name__, exc)
+
+
+def _robots_settings(settings: FetchSettings) -> FetchSettings:
+    """How a robots.txt is fetched: any content type, no X-Robots-Tag check, a larger cap than the
+    500 KiB that are read (a longer file is cut by the policy, a far longer one is not a robots.txt)."""
+    return settings.replace(
+        max_bytes=ROBOTS_FETCH_CAP,
+        accept_any_content=True,
+        respect_robots_tag=False,
+        conditional_requests=False,
+    )
+
+
+# A robots.txt body larger than this makes the host unreachable for robots.txt purposes (blocked).
+ROBOTS_FETCH_CAP = 2 * MAX_ROBOTS_BYTES
 
 
 class _Outcome:

@@ -9,8 +9,9 @@ The hierarchy (each class maps to one status; the message is meant for a person 
     │   └── RetryableHttpStatus         408, 429, 500, 502, 503, 504               -> http_error
     └── PermanentError                  another attempt would get the same answer
         ├── Rejected                    the URL itself is unusable                 -> rejected
-        ├── Blocked                     address guard or X-Robots-Tag              -> blocked
+        ├── Blocked                     address guard, robots.txt or X-Robots-Tag  -> blocked
         ├── Unresolvable                the host name does not resolve             -> connection_error
+        ├── HostUnreachable             its robots.txt got no answer at all        -> connection_error
         ├── TlsFailed                   TLS handshake or certificate check failed  -> connection_error
         ├── HttpError                   any other non-success HTTP status          -> http_error
         ├── TooLarge                    body over the size cap                     -> too_large
@@ -35,6 +36,7 @@ __all__ = [
     "Blocked",
     "ConnectionFailed",
     "DownloadError",
+    "HostUnreachable",
     "HttpError",
     "InvalidContent",
     "PermanentError",
@@ -105,13 +107,20 @@ class Rejected(PermanentError):
 
 
 class Blocked(PermanentError):
-    """Refused on purpose: a private/loopback address (SSRF guard) or an X-Robots-Tag directive."""
+    """Refused on purpose: a private/loopback address (SSRF guard), robots.txt or X-Robots-Tag."""
 
     status = Status.BLOCKED
 
 
 class Unresolvable(PermanentError):
     """The host name has no address in DNS."""
+
+    status = Status.CONNECTION_ERROR
+
+
+class HostUnreachable(PermanentError):
+    """The host did not answer when its robots.txt was asked for: nothing is fetched from it until
+    it does (RFC 9309), and retrying at once would meet the same cached answer."""
 
     status = Status.CONNECTION_ERROR
 

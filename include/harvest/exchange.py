@@ -30,6 +30,7 @@ from include.harvest.errors import (
 )
 from include.harvest.guard import AddressGuard, parse_target
 from include.harvest.hostlimits import HostLimits
+from include.harvest.robots import RobotsPolicy
 from include.harvest.settings import FetchSettings
 from include.harvest.urls import Target
 
@@ -62,10 +63,18 @@ class Trace:
 class Exchange:
     """The HTTP side of a batch: guard, per-host limits and connection pools, shared by its threads."""
 
-    def __init__(self, settings: FetchSettings, *, limits: HostLimits, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        settings: FetchSettings,
+        *,
+        limits: HostLimits,
+        log: logging.Logger,
+        robots: RobotsPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.limits = limits
         self.log = log
+        self.robots = robots  # None: robots.txt is not asked (off, or this exchange fetches it)
         self.guard = AddressGuard(enabled=settings.block_private_addresses, allow_hosts=settings.allow_hosts)
         self.connections = Connections(
             settings,
@@ -112,16 +121,23 @@ class Exchange:
         for _hop in range(settings.max_redirects + 1):
             trace.final_url = target.url
             address = self.guard.resolve(target)
+            # Every hop's origin is asked, once per origin and TTL (cached): a redirect to another
+            # host is governed by that host's robots.txt.
+            crawl_delay = self.robots.check(target).crawl_delay if self.robots is not None else None
             # Waiting for a slot (or for a pause another worker set) is bounded too.
             wait_limit = time.monotonic() + settings.retry_after_cap + settings.total_timeout
             if batch_deadline is not None and batch_deadline < wait_limit:
                 wait_limit = batch_deadline
-            lease = self.limits.acquire(target.host, deadline=wait_limit)
+            lease = self.limits.acquire(target.host, deadline=wait_limit, crawl_delay=crawl_delay)
             if lease is None:
+                busy = (
+                    f"one request every {crawl_delay:g} s (its robots.txt Crawl-delay)"
+                    if crawl_delay
+                    else f"HARVEST_PER_HOST_CONCURRENCY={settings.per_host_concurrency} requests"
+                )
                 raise Timeout(
                     f"no request slot for {target.host} in time: the host is paused (Retry-After) or busy "
-                    f"with HARVEST_PER_HOST_CONCURRENCY={settings.per_host_concurrency} requests"
-                    + (" until the batch deadline" if wait_limit == batch_deadline else "")
+                    f"with {busy}" + (" until the batch deadline" if wait_limit == batch_deadline else "")
                 )
             try:
                 # The clock starts once a slot is held: waiting politely is not the server's fault.

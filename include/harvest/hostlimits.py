@@ -11,6 +11,11 @@ With ``settings.redis_url`` set, both hold across every process and machine shar
 To keep Redis off the per-request path, a process reuses a granted lease for its next requests to
 the same host for up to a second (see :class:`RedisHostLimits`); the limit still holds globally.
 
+A host whose robots.txt sets a Crawl-delay of ``d`` seconds (``acquire(..., crawl_delay=d)``) gets
+one request in flight at a time, and releasing it pauses the host for ``d`` seconds (the same pause
+as above, so every worker waits it out): consecutive requests start at least ``d`` seconds apart.
+Such a lease is never kept for reuse, which would skip the pause.
+
 Without Redis, :class:`LocalHostLimits` applies the same rules inside this process only.
 """
 
@@ -35,6 +40,7 @@ __all__ = [
     "LocalHostLimits",
     "RedisHostLimits",
     "host_limits_for",
+    "redis_client",
     "slot",
 ]
 
@@ -49,17 +55,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One held request slot for ``host``."""
+    """One held request slot for ``host``; releasing it pauses the host for ``crawl_delay``, if set."""
 
     host: str
     token: str
+    crawl_delay: float | None = None
 
 
 class HostLimits(Protocol):
     """What the fetcher needs: slots per host and pauses per host."""
 
-    def acquire(self, host: str, *, deadline: float | None = None) -> Lease | None:
-        """Wait for a slot (and for any pause to end); None if ``deadline`` (monotonic) came first."""
+    def acquire(
+        self, host: str, *, deadline: float | None = None, crawl_delay: float | None = None
+    ) -> Lease | None:
+        """Wait for a slot (and for any pause to end); None if ``deadline`` (monotonic) came first.
+
+        With a ``crawl_delay`` (seconds, from the host's robots.txt) the slot is the host's only one,
+        and its release pauses the host for that long.
+        """
         ...
 
     def release(self, lease: Lease) -> None: ...
@@ -78,9 +91,11 @@ class HostLimits(Protocol):
 
 
 @contextmanager
-def slot(limits: HostLimits, host: str, *, deadline: float | None = None) -> Iterator[Lease | None]:
+def slot(
+    limits: HostLimits, host: str, *, deadline: float | None = None, crawl_delay: float | None = None
+) -> Iterator[Lease | None]:
     """Hold a slot for ``host`` for the duration of the block; yields None if the deadline passed."""
-    lease = limits.acquire(host, deadline=deadline)
+    lease = limits.acquire(host, deadline=deadline, crawl_delay=crawl_delay)
     try:
         yield lease
     finally:
@@ -95,6 +110,7 @@ class _LocalHost:
     slot_freed: threading.Condition
     in_use: int = 0
     waiting: int = 0
+    waiting_for_sole_slot: int = 0  # of ``waiting``: threads with a Crawl-delay (limit 1)
 
 
 class LocalHostLimits:
@@ -113,7 +129,11 @@ class LocalHostLimits:
         self._hosts: dict[str, _LocalHost] = {}  # hosts with a slot in use or a thread waiting
         self._paused_until: dict[str, float] = {}
 
-    def acquire(self, host: str, *, deadline: float | None = None) -> Lease | None:
+    def acquire(
+        self, host: str, *, deadline: float | None = None, crawl_delay: float | None = None
+    ) -> Lease | None:
+        delay = crawl_delay if crawl_delay and crawl_delay > 0 else None
+        limit = 1 if delay else self.per_host
         with self._lock:
             state = self._hosts.get(host)
             if state is None:
@@ -130,22 +150,31 @@ class LocalHostLimits:
                 timeout: float | None
                 if pause_left > 0:
                     timeout = pause_left if wait is None else min(wait, pause_left)
-                elif state.in_use < self.per_host:
+                elif state.in_use < limit:
                     state.in_use += 1
-                    return Lease(host, "")
+                    return Lease(host, "", delay)
                 else:
                     timeout = wait
                 state.waiting += 1
+                state.waiting_for_sole_slot += 1 if delay else 0
                 try:
                     state.slot_freed.wait(timeout)
                 finally:
                     state.waiting -= 1
+                    state.waiting_for_sole_slot -= 1 if delay else 0
 
     def release(self, lease: Lease) -> None:
         with self._lock:
+            if lease.crawl_delay:
+                self._pause_locked(lease.host, lease.crawl_delay)
             state = self._hosts[lease.host]
             state.in_use -= 1
-            if state.waiting:
+            if state.waiting_for_sole_slot:
+                # A thread with a Crawl-delay cannot use a slot while another is in use: woken alone,
+                # it would swallow the wake-up that a thread without one (same host, other robots.txt
+                # or none) needs. Crawl-delayed hosts are slow by definition: waking all costs nothing.
+                state.slot_freed.notify_all()
+            elif state.waiting:
                 state.slot_freed.notify()
             else:
                 self._forget_if_idle(lease.host, state)
@@ -157,8 +186,11 @@ class LocalHostLimits:
 
     def pause(self, host: str, seconds: float) -> None:
         with self._lock:
-            until = time.monotonic() + seconds
-            self._paused_until[host] = max(until, self._paused_until.get(host, 0.0))
+            self._pause_locked(host, seconds)
+
+    def _pause_locked(self, host: str, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        self._paused_until[host] = max(until, self._paused_until.get(host, 0.0))
 
     def paused_for(self, host: str) -> float:
         with self._lock:
@@ -270,17 +302,25 @@ class RedisHostLimits:
     def pause_key(self, host: str) -> str:
         return f"{self.prefix}:pause:{host}"
 
-    def acquire(self, host: str, *, deadline: float | None = None) -> Lease | None:
+    def acquire(
+        self, host: str, *, deadline: float | None = None, crawl_delay: float | None = None
+    ) -> Lease | None:
+        delay = crawl_delay if crawl_delay and crawl_delay > 0 else None
+        limit = 1 if delay else self.per_host
         busy_wait = 0.005
         while True:
             if not self._redis_up():
-                return self._fallback.acquire(host, deadline=deadline)
+                return self._fallback.acquire(host, deadline=deadline, crawl_delay=delay)
+            if delay:
+                # A slot kept for reuse counts against the sole slot in Redis, and reusing it would
+                # skip the pause: hand any back (another thread may have just released one).
+                self._give_back(self._take_idle(host))
             now = time.monotonic()
             with self._lock:
                 seen = self._pause_seen.get(host)
-                reusable = bool(self._idle.get(host))
-                # Redis cannot grant more than per_host leases, and this process holds them all.
-                holding_all = self._held.get(host, 0) >= self.per_host
+                reusable = not delay and bool(self._idle.get(host))
+                # Redis cannot grant more than `limit` leases, and this process holds them all.
+                holding_all = self._held.get(host, 0) >= limit
             recent = seen is not None and now - seen[0] < self.PAUSE_CHECK_SECONDS
             if recent:
                 assert seen is not None
@@ -289,22 +329,22 @@ class RedisHostLimits:
                 # About to skip Redis for this request: look at the pause key first.
                 wait = self._pause_left(host, now)
                 if not self._redis_up():
-                    return self._fallback.acquire(host, deadline=deadline)
+                    return self._fallback.acquire(host, deadline=deadline, crawl_delay=delay)
             else:
                 wait = 0.0  # the acquire script checks the pause itself
             if wait <= 0:
                 lease = self._reuse(host, now) if reusable else None
                 if lease is not None:
                     return lease
-                if holding_all or not self._claim(host):
+                if holding_all or not self._claim(host, limit):
                     holding_all = True
                     wait = self.REUSE_SECONDS  # or until one of ours is released, which wakes us
                 else:
                     try:
-                        answer = self._ask_redis(host)
+                        answer = self._ask_redis(host, limit, delay)
                     except self._errors as exc:
                         self._redis_failed(exc)
-                        return self._fallback.acquire(host, deadline=deadline)
+                        return self._fallback.acquire(host, deadline=deadline, crawl_delay=delay)
                     if isinstance(answer, Lease):
                         return answer
                     now = time.monotonic()
@@ -320,11 +360,11 @@ class RedisHostLimits:
             if deadline is not None and now >= deadline:
                 return None
             timeout = wait if deadline is None else max(0.0, min(wait, deadline - now))
-            self._wait_for_release(host, timeout, holding_all=holding_all)
+            self._wait_for_release(host, timeout, holding_all=holding_all, limit=limit)
 
-    def _ask_redis(self, host: str) -> Lease | int:
+    def _ask_redis(self, host: str, limit: int, crawl_delay: float | None) -> Lease | int:
         """Run the acquire script for the slot claimed for ``host`` (see :meth:`_claim`): the lease,
-        or the script's refusal (0: every slot is taken; negative: the host's pause, in ms).
+        or the script's refusal (0: all ``limit`` slots are taken; negative: the host's pause, in ms).
 
         A refused or failed ask gives the claim up; a Redis error is raised.
         """
@@ -333,7 +373,7 @@ class RedisHostLimits:
             granted = int(
                 self._acquire(
                     keys=[self.slots_key(host), self.pause_key(host)],
-                    args=[self.per_host, token, self.lease_ms],
+                    args=[limit, token, self.lease_ms],
                 )
             )
         except BaseException:
@@ -346,13 +386,13 @@ class RedisHostLimits:
         with self._lock:
             self._in_use[token] = _HeldLease(host, token, now, uses=1)
             self._pause_seen[host] = (now, 0.0)
-        return Lease(host, token)
+        return Lease(host, token, crawl_delay)
 
-    def _wait_for_release(self, host: str, timeout: float, *, holding_all: bool) -> None:
+    def _wait_for_release(self, host: str, timeout: float, *, holding_all: bool, limit: int) -> None:
         """Sleep up to ``timeout``, or until another thread of this process releases a slot for
         ``host``: threads beyond the slots this process holds wait here, not polling Redis."""
         with self._lock:
-            if self._idle.get(host) or (holding_all and self._held.get(host, 0) < self.per_host):
+            if self._idle.get(host) or (holding_all and self._held.get(host, 0) < limit):
                 return  # released between the look and now
             released = self._released.get(host)
             if released is None:
@@ -374,6 +414,11 @@ class RedisHostLimits:
                 self._pause_seen[host] = seen
         return seen[1] - now
 
+    def _take_idle(self, host: str) -> list[_HeldLease]:
+        """Every slot this process keeps for reuse for ``host``, no longer kept (to give back)."""
+        with self._lock:
+            return self._idle.pop(host, [])
+
     def _reuse(self, host: str, now: float) -> Lease | None:
         stale: list[_HeldLease] = []
         lease = None
@@ -394,6 +439,10 @@ class RedisHostLimits:
         if not lease.token:  # a slot of the local fallback
             self._fallback.release(lease)
             return
+        if lease.crawl_delay:
+            # Paused before the slot is freed in Redis: a worker granted the freed slot would
+            # otherwise send its request without waiting the Crawl-delay.
+            self.pause(lease.host, lease.crawl_delay)
         now = time.monotonic()
         start_sweeper = False
         with self._lock:
@@ -401,7 +450,8 @@ class RedisHostLimits:
             if held is None:
                 return  # released twice: nothing left to give back
             keep = (
-                now - held.taken_at < self.REUSE_SECONDS
+                not lease.crawl_delay
+                and now - held.taken_at < self.REUSE_SECONDS
                 and held.uses < self.MAX_REUSES
                 and self._pause_seen.get(lease.host, (0.0, 0.0))[1] <= now
             )
@@ -427,15 +477,15 @@ class RedisHostLimits:
             self._release_in_redis(leases)
             self._count_out([held.host for held in leases])
 
-    def _claim(self, host: str) -> bool:
+    def _claim(self, host: str, limit: int) -> bool:
         """Count a slot about to be asked for as held, unless this process has them all.
 
-        Redis never grants more than ``per_host``: when this process holds (or is asking for) that
+        Redis never grants more than ``limit``: when this process holds (or is asking for) that
         many, its other threads wait for one of those instead of asking Redis in vain.
         """
         with self._lock:
             held = self._held.get(host, 0)
-            if held >= self.per_host:
+            if held >= limit:
                 return False
             self._held[host] = held + 1
             return True
@@ -532,8 +582,8 @@ _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def _redis_client(url: str) -> Any:
-    """One client (and connection pool) per Redis URL per process."""
+def redis_client(url: str) -> Any:
+    """One client (and connection pool) per Redis URL per process (also robots.txt's cache)."""
     with _clients_lock:
         client = _clients.get(url)
         if client is None:
@@ -549,7 +599,7 @@ def host_limits_for(settings: FetchSettings, *, prefix: str = DEFAULT_KEY_PREFIX
     if not settings.redis_url:
         return LocalHostLimits(settings.per_host_concurrency)
     return RedisHostLimits(
-        _redis_client(settings.redis_url),
+        redis_client(settings.redis_url),
         per_host=settings.per_host_concurrency,
         lease_seconds=settings.connect_timeout + settings.total_timeout + LEASE_MARGIN_SECONDS,
         prefix=prefix,

@@ -53,8 +53,18 @@ class FetchSettings:
     # politeness and safety
     user_agent: str = DEFAULT_USER_AGENT
     respect_robots_tag: bool = True  # X-Robots-Tag noai / noimageai / none => blocked
+    # robots.txt (RFC 9309) for our user agent: a URL it disallows is `blocked`. Turn it off only
+    # for your own servers.
+    respect_robots_txt: bool = True
+    robots_cache_ttl: float = 86400.0  # seconds a host's robots.txt is reused (RFC 9309: at most 24 h)
+    # Longest Crawl-delay honoured (seconds). A host asking for more has its URLs `blocked` (the error
+    # names the delay and this setting) rather than holding a fetch thread for that long per URL.
+    max_crawl_delay: float = 30.0
     block_private_addresses: bool = True  # the SSRF guard
     allow_hosts: tuple[str, ...] = ()  # hosts or CIDRs the guard lets through (tests, demo)
+    # PEM file of the certificate authorities HTTPS servers are checked against, instead of the
+    # system's (a corporate TLS proxy, an internal CA); None = the system's trust store.
+    ca_bundle: str | None = None
 
     # incremental
     conditional_requests: bool = True  # send If-None-Match / If-Modified-Since when known

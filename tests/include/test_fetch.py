@@ -82,8 +82,14 @@ CASES = {
     "connection refused": Case(
         lambda _server, refused: refused,
         Status.CONNECTION_ERROR,
-        ("could not connect to 127.0.0.1", "refused", "gave up after 3 attempts"),
-        attempts=3,
+        # Its robots.txt is asked first and gets no answer: the URL is not tried on its own.
+        (
+            "robots.txt of http://127.0.0.1:",
+            "could not connect to 127.0.0.1",
+            "refused",
+            "gave up after 3 attempts",
+        ),
+        attempts=1,
     ),
     "accepts, never answers": Case(
         on_server("/silent.png"), Status.TIMEOUT, ("sent no response within 1.5s", "HARVEST_READ_TIMEOUT")
@@ -563,6 +569,28 @@ def test_https_goes_to_the_checked_address_but_speaks_tls_for_the_real_name(
     assert "certificate check" in results[1].error and "doesn't match 'localhost'" in results[1].error
 
 
+def test_a_ca_bundle_setting_makes_https_trust_a_private_ca(
+    tls_server: TlsServer,
+    fast_settings: FetchSettings,
+    store: ContentAddressedStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HARVEST_CA_BUNDLE: servers behind a corporate proxy or an internal CA, without touching the
+    system's trust store (which does not know the test certificate)."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    url = f"https://localhost:{tls_server.port}/ok.png"
+    settings = fast_settings.replace(allow_hosts=("localhost",))
+
+    [untrusted] = fetch_batch([url], settings, store=store)
+    [trusted] = fetch_batch([url], settings.replace(ca_bundle=tls_server.cert_file), store=store)
+    from_env = FetchSettings.from_env({"HARVEST_CA_BUNDLE": tls_server.cert_file})
+
+    assert untrusted.status is Status.CONNECTION_ERROR
+    assert untrusted.error and "certificate check" in untrusted.error
+    assert trusted.status is Status.OK and trusted.sha256
+    assert from_env.ca_bundle == tls_server.cert_file
+
+
 def test_https_keeps_its_read_timeout(
     tls_server: TlsServer,
     fast_settings: FetchSettings,
@@ -584,7 +612,8 @@ def test_plain_http_sets_socket_timeouts_once_per_connection_not_per_request(
     socket_timeouts_set: list[int],
 ) -> None:
     urls = [hostile_server.url(f"/ok.png?n={n}") for n in range(20)]
-    results = fetch_batch(urls, fast_settings.replace(concurrency=1, per_host_concurrency=1), store=store)
+    one_connection = fast_settings.replace(concurrency=1, per_host_concurrency=1, respect_robots_txt=False)
+    results = fetch_batch(urls, one_connection, store=store)
     assert [result.status for result in results] == [Status.OK] * 20
     # One kept-alive connection for the 20 requests: its send and receive timeouts were set once
     # each; every other call went straight to the kernel (include/harvest/sockets.py says why).

@@ -352,3 +352,113 @@ def test_limits_fall_back_to_this_process_when_redis_is_down(refused_url: str) -
     assert peak_concurrency(limits, "example.com", workers=6, cap=2) == 2
     limits.pause("example.com", 0.5)
     assert limits.paused_for("example.com") > 0.3
+
+
+def crawl_delayed_starts(
+    workers: list[HostLimits], host: str, *, threads_per_worker: int, requests: int, crawl_delay: float
+) -> tuple[list[float], int]:
+    """When each request started (monotonic, once its slot was granted) while the threads of
+    ``workers`` each make ``requests`` requests to ``host`` with ``crawl_delay``, and the most in
+    flight at once. Each request keeps its slot a little while, or until a second one is granted
+    (which a limiter letting two in at once does in that time)."""
+    starts: list[float] = []
+    in_flight, peak = 0, 0
+    changed = threading.Condition()
+
+    def crowded() -> bool:
+        return in_flight > 1
+
+    def work(limits: HostLimits) -> None:
+        nonlocal in_flight, peak
+        for _ in range(requests):
+            with slot(limits, host, crawl_delay=crawl_delay) as lease, changed:
+                assert lease is not None
+                starts.append(time.monotonic())
+                in_flight += 1
+                peak = max(peak, in_flight)
+                changed.notify_all()
+                changed.wait_for(crowded, timeout=0.02)
+                in_flight -= 1
+
+    threads = [
+        threading.Thread(target=work, args=(limits,)) for limits in workers for _ in range(threads_per_worker)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(starts), peak
+
+
+def test_local_crawl_delay_spaces_the_requests_to_a_host() -> None:
+    limits = LocalHostLimits(per_host=8)
+    starts, peak = crawl_delayed_starts(
+        [limits], "slow.example", threads_per_worker=4, requests=2, crawl_delay=0.1
+    )
+    assert peak == 1
+    assert len(starts) == 8
+    # Lower bounds only: a busy machine can only space them more.
+    assert min(later - earlier for earlier, later in itertools.pairwise(starts)) >= 0.1
+    assert (
+        limits.acquire("fast.example", deadline=time.monotonic() + DEADLINE_SECONDS) is not None
+    )  # unaffected
+
+
+def test_redis_crawl_delay_spaces_the_requests_of_every_worker(redis_client: Any, prefix: str) -> None:
+    workers: list[HostLimits] = [
+        shared(redis_client, prefix, per_host=4),
+        shared(redis_client, prefix, per_host=4),
+    ]
+    starts, peak = crawl_delayed_starts(
+        workers, "slow.example", threads_per_worker=3, requests=2, crawl_delay=0.1
+    )
+    assert peak == 1
+    assert len(starts) == 12
+    # Redis keeps the pause in whole milliseconds: a millisecond of slack, and no upper bound.
+    assert min(later - earlier for earlier, later in itertools.pairwise(starts)) >= 0.1 - 0.002
+    assert redis_client.zcard(f"{prefix}:slots:slow.example") == 0
+
+
+def test_a_slot_kept_for_reuse_never_skips_a_crawl_delay(redis_client: Any, prefix: str) -> None:
+    limits = shared(redis_client, prefix, per_host=4)
+    slots_key = f"{prefix}:slots:example.com"
+    with slot(limits, "example.com"):  # without a Crawl-delay: the slot is kept for reuse when released
+        pass
+    assert limits._idle.get("example.com")
+    with slot(limits, "example.com", crawl_delay=0.3) as first:
+        assert first is not None
+        assert redis_client.zcard(slots_key) == 1  # the kept slot was handed back, not reused
+        released_at = time.monotonic()
+    with slot(limits, "example.com", crawl_delay=0.3) as second:
+        assert second is not None and second.token != first.token
+        assert time.monotonic() - released_at >= 0.3 - 0.002
+    assert not limits._idle.get("example.com")
+    assert redis_client.zcard(slots_key) == 0
+    assert 0 < limits.paused_for("example.com") <= 0.3  # the last release paused the host too
+
+
+def test_a_thread_with_a_crawl_delay_does_not_swallow_a_wake_up() -> None:
+    """Two slots in use, a thread with a Crawl-delay (it needs both free) waiting first, one
+    without (it needs one) second: a release must let the second one in, not wake only the first."""
+    limits = LocalHostLimits(per_host=2)
+    held = [limits.acquire("example.com"), limits.acquire("example.com")]
+    granted: dict[str, Any] = {}
+
+    def take(name: str, crawl_delay: float | None) -> None:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        granted[name] = limits.acquire("example.com", deadline=deadline, crawl_delay=crawl_delay)
+
+    delayed = threading.Thread(target=take, args=("delayed", 0.1))
+    delayed.start()
+    wait_until(lambda: limits._hosts["example.com"].waiting == 1, "the thread with a Crawl-delay to wait")
+    plain = threading.Thread(target=take, args=("plain", None))
+    plain.start()
+    wait_until(lambda: limits._hosts["example.com"].waiting == 2, "the thread without one to wait")
+    limits.release(held[0])  # type: ignore[arg-type]
+    plain.join()
+    assert granted["plain"] is not None
+    limits.release(granted["plain"])
+    limits.release(held[1])  # type: ignore[arg-type]
+    delayed.join()
+    assert granted["delayed"] is not None
+    limits.release(granted["delayed"])

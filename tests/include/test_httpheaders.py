@@ -145,4 +145,4 @@ def test_the_engine_reads_headers_with_it(
         )
     assert (ok.status, ok.width, ok.height) == (Status.OK, 64, 48)
     assert noai.status == Status.BLOCKED
-    assert len(calls) == 2
+    assert len(calls) == 3  # robots.txt (a 404 here), then the two images
