@@ -91,7 +91,10 @@ PARAMS = {
         minimum=1,
         maximum=100_000,
         title="Batch size",
-        description="URLs per mapped task. Empty: sized automatically (grown so a run stays within 1024 batches).",
+        description=(
+            "URLs per mapped task. Empty: sized from the list and the worker slots (two batches per "
+            "slot, 500 to 10,000 URLs each; grown so a run stays within 1024 batches)."
+        ),
     ),
     "concurrency": Param(
         None,
@@ -200,6 +203,7 @@ def harvest() -> None:
             dag_run_id=get_current_context()["dag_run"].run_id,
             batch_size=params.get("batch_size"),
             max_batches=MAX_BATCHES,
+            worker_slots=hooks.worker_slots(),
         )
 
     @task(map_index_template="{{ batch_label }}", retry_delay=timedelta(seconds=10))

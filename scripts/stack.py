@@ -222,6 +222,8 @@ class Stack:
             "HARVEST_ALLOW_HOSTS": self.allow_hosts,
             # Site owners read it to know who fetches: set it (in the environment or .env) with a contact.
             "HARVEST_USER_AGENT": setting("HARVEST_USER_AGENT", DEFAULT_USER_AGENT),
+            # Batches are sized from the slots of every worker of this stack, not of one.
+            "HARVEST_WORKER_SLOTS": str(self.worker_concurrency * len(self.celery_workers)),
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         env.update(self.extra_env)

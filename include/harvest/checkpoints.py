@@ -1,6 +1,6 @@
 """Checkpoints of a download batch while it runs, so that a retry resumes instead of starting over.
 
-A batch writes its results file once, at the end. A worker killed mid-batch (SIGKILL of its process
+A batch stages its results once, at the end (in Postgres). A worker killed mid-batch (SIGKILL of its process
 group, out of memory, a lost machine) leaves nothing behind, and Airflow's retry would download
 every URL again. So while a batch runs, :class:`BatchCheckpoint` writes the results finished so far
 as small part files every few seconds; a retry reads them back (:func:`load_checkpoint`) and keeps
@@ -15,7 +15,7 @@ absent whatever moment the worker dies at. Layout, in the run's work folder::
 
 An attempt id starts with the UTC time the attempt began, so the names sort by attempt, then by
 part: when a URL is in several parts, the latest result wins. The folder is deleted once the
-batch's results file is written (:func:`discard_checkpoint`); a failed run keeps it.
+batch's results are staged (:func:`discard_checkpoint`); a failed run keeps it.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _blob_in_store(result: Result, store: ContentAddressedStore) -> bool:
 
 
 def discard_checkpoint(partial_uri: str, *, log: logging.Logger | None = None) -> None:
-    """Delete the batch's checkpoint parts (once its results file is written); best effort."""
+    """Delete the batch's checkpoint parts (once its results are staged); best effort."""
     fs, path = fsspec.core.url_to_fs(partial_uri)
     path = path.rstrip("/")
     fs.invalidate_cache(path)  # s3fs would delete what a stale cached listing names

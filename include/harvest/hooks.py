@@ -20,6 +20,7 @@ __all__ = [
     "keep_work_files",
     "machine_hostname",
     "results_db_connection",
+    "worker_slots",
 ]
 
 RESULTS_CONN_ID = "harvest_db"
@@ -52,6 +53,23 @@ def keep_work_files(environ: Mapping[str, str] | None = None) -> bool:
 
     raw = (os.environ if environ is None else environ).get("HARVEST_KEEP_WORK_FILES", "").strip()
     return bool(_parse("keep_work_files", raw, bool)) if raw else False
+
+
+def worker_slots(environ: Mapping[str, str] | None = None) -> int:
+    """Celery task slots over all workers, for sizing batches: ``HARVEST_WORKER_SLOTS``, else this
+    worker's ``[celery] worker_concurrency`` (right for one machine; set the variable with several).
+    """
+    from include.harvest.settings import _parse
+
+    raw = (os.environ if environ is None else environ).get("HARVEST_WORKER_SLOTS", "").strip()
+    if raw:
+        slots = int(_parse("worker_slots", raw, int))
+        if slots < 1:
+            raise ValueError(f"HARVEST_WORKER_SLOTS={raw!r} must be at least 1")
+        return slots
+    from airflow.configuration import conf
+
+    return max(1, conf.getint("celery", "worker_concurrency", fallback=16))
 
 
 def machine_hostname() -> str:

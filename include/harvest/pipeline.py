@@ -4,8 +4,9 @@
 
 Each step takes and returns small JSON-friendly dicts (they travel through XCom) that point at the
 run's working files (:mod:`include.harvest.workfiles`); no step holds more than one batch of results
-in memory. Each step is a transaction in Airflow's sense: running it again for the same run gives
-the same files and the same rows.
+in memory. Each batch stages its results in Postgres as it ends, so the reduce finalises in SQL
+(with the few lines rejected while reading, from their file). Each step is a transaction in Airflow's
+sense: running it again for the same run gives the same files and the same rows.
 """
 
 from __future__ import annotations
@@ -228,12 +229,25 @@ def read_sources(
 
 
 def plan(
-    manifest: Mapping[str, Any], *, work_uri: str, dag_run_id: str, batch_size: int | None, max_batches: int
+    manifest: Mapping[str, Any],
+    *,
+    work_uri: str,
+    dag_run_id: str,
+    batch_size: int | None,
+    max_batches: int,
+    worker_slots: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Split the run's URLs into batch files; return one small descriptor per batch."""
+    """Split the run's URLs into batch files; return one small descriptor per batch.
+
+    Without ``batch_size``, batches are sized from the list's length and ``worker_slots``
+    (:func:`.planning.choose_batch_size`).
+    """
     workspace = RunWorkspace(work_uri, dag_run_id)
     batches = planning.plan_batches(
-        read_items(manifest["items_uri"]), batch_size=batch_size, max_batches=max_batches
+        read_items(manifest["items_uri"]),
+        batch_size=batch_size,
+        max_batches=max_batches,
+        worker_slots=worker_slots,
     )
     planned = []
     for index, batch in enumerate(batches):
@@ -243,7 +257,7 @@ def plan(
             {
                 "index": index,
                 "uri": uri,
-                "results_uri": workspace.results_uri(index),
+                "dag_run_id": dag_run_id,
                 "partial_uri": workspace.partial_uri(index),
                 "urls": len(batch),
                 "label": f"batch {index + 1}/{len(batches)} · {planning.describe_batch(batch)}",
@@ -251,6 +265,12 @@ def plan(
         )
     log.info("Planned %d URLs into %d batches", manifest["urls"], len(planned))
     return planned
+
+
+def _stage(connect: Connect, dag_run_id: str, batch: int, batch_results: Sequence[Result]) -> None:
+    """Stage results in Postgres as they are known, so the reduce does not read them all at the end."""
+    with closing(connect()) as conn:
+        results.stage_results(conn, dag_run_id, batch, batch_results)
 
 
 def download(
@@ -261,7 +281,7 @@ def download(
     connect: Connect,
     use_previous: bool = True,
 ) -> dict[str, Any]:
-    """Fetch one batch and write its results file; return the batch's counts.
+    """Fetch one batch and stage its results in Postgres; return the batch's counts.
 
     Finished results are checkpointed while the batch runs (:mod:`.checkpoints`). A retry of an
     attempt that was killed or failed reuses every result of it whose blob is in the store, and
@@ -282,11 +302,11 @@ def download(
         ) from exc
     urls = [item.url for item in items]  # unique: read_sources dropped duplicates
     store = ContentAddressedStore(storage_uri)
-    # A results file left by an earlier attempt that got that far (killed before Airflow saved its
-    # return value) is not reused: the batch is computed again, from the checkpoints if any are
-    # left. Reusing it would also skip the downloads of a whole run that was cleared to fetch again,
-    # whose new plan may hold other URLs. Either way the file ends with one result per URL,
-    # replaced atomically, and the reduce upserts: the same rows.
+    # Results an earlier attempt staged (killed before Airflow saved its return value) are not
+    # reused: the batch is computed again, from the checkpoints if any are left. Reusing them would
+    # also skip the downloads of a whole run that was cleared to fetch again, whose new plan may hold
+    # other URLs. Either way the batch's staged rows are replaced in one transaction, one result per
+    # URL, and the reduce upserts: the same rows.
     partial_uri: str | None = batch.get("partial_uri")  # absent from batches planned before checkpoints
     earlier = checkpoints.load_checkpoint(partial_uri, log=log) if partial_uri else {}
     reused = checkpoints.reusable_results(earlier, urls, store) if earlier else {}
@@ -327,7 +347,12 @@ def download(
     if missing:  # the engine's contract; a silent drop would lose URLs
         raise RuntimeError(f"fetch_batch returned no result for {len(missing)} URLs, such as {missing[0]}")
     batch_results = [answered[url] for url in urls]
-    write_results(batch["results_uri"], batch_results)
+    if "dag_run_id" not in batch:
+        raise RuntimeError(
+            "this batch was planned by an earlier version of Harvest, whose reduce read result files: "
+            "clear the whole run (from read_sources) to download it again"
+        )
+    _stage(connect, batch["dag_run_id"], batch["index"], batch_results)
     if partial_uri:
         checkpoints.discard_checkpoint(partial_uri, log=log)
     counts: dict[str, int] = {}
@@ -336,7 +361,6 @@ def download(
     seconds = time.monotonic() - started
     summary = {
         "index": batch["index"],
-        "results_uri": batch["results_uri"],
         "urls": len(batch_results),
         "reused": len(reused),
         "counts": counts,
@@ -357,16 +381,17 @@ def record(
 ) -> results.RunSummary:
     """The reduce: write every URL's outcome and the run summary in one transaction.
 
-    Once that has committed, the run's work folder is deleted, unless ``keep_work_files``
-    (``HARVEST_KEEP_WORK_FILES``, for debugging). If recording fails, the folder stays, so that a
-    retry, of this task or of failed batches, finds the files it needs.
+    Each batch staged its results in Postgres as it ended (:func:`.results.stage_results`); here
+    they are moved into ``harvest.downloads`` in SQL, with the run summary, in one transaction. Once
+    that has committed, the run's work folder is deleted, unless ``keep_work_files``
+    (``HARVEST_KEEP_WORK_FILES``, for debugging). If recording fails, the folder and the staged
+    results stay, so that a retry, of this task or of failed batches, finds what it needs.
     """
     if not exists(manifest["rejected_uri"]):
         # The work files are deleted after the commit: this task ran before (a clear or a retry
         # after its commit). The rows are already there; recording is done.
         return _already_recorded(ctx, manifest, connect=connect)
-    summaries = sorted((s for s in batch_summaries if s), key=lambda s: s["index"])
-    uris = [manifest["rejected_uri"], *(s["results_uri"] for s in summaries)]
+    summaries = [s for s in batch_summaries if s]
     run = results.RunInfo(
         run_key=manifest["run_key"],
         dag_run_id=ctx.dag_run_id,
@@ -377,10 +402,10 @@ def record(
     )
     with closing(connect()) as conn:
         # Every URL gets exactly one answer, or nothing is recorded and the task fails saying so.
-        summary = results.record_run(
+        summary = results.record_staged_run(
             conn,
             run,
-            read_results(uris),
+            read_results([manifest["rejected_uri"]]),
             batches=len(summaries),
             outcome=manifest["outcome"],
             reason=manifest["reason"],

@@ -36,6 +36,8 @@ __all__ = [
     "load_previous",
     "load_recorded_run",
     "record_run",
+    "record_staged_run",
+    "stage_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,17 +183,42 @@ def record_run(
     The connection's own transaction is used and committed: pass a connection with no pending
     work of its own.
     """
+    return _record(
+        conn,
+        run,
+        lambda cur: _copy_results(cur, results),
+        batches=batches,
+        outcome=outcome,
+        reason=reason,
+        expected_urls=expected_urls,
+    )
+
+
+def _record(
+    conn: Any,
+    run: RunInfo,
+    load: Callable[[Any], int],
+    *,
+    batches: int,
+    outcome: str,
+    reason: str | None,
+    expected_urls: int | None,
+    after: Callable[[Any], None] | None = None,
+) -> RunSummary:
+    """One transaction: ``load`` fills ``harvest_incoming``, then the run is written from it."""
     with _transaction(conn), conn.cursor() as cur:
         # Two recordings of the same run key (a retry racing its original) take turns; different
         # run keys (a backfill's runs) proceed in parallel.
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"harvest.run:{run.run_key}",))
-        loaded = _copy_results(cur, results)
+        loaded = load(cur)
         summary = _write(cur, run, batches=batches, outcome=outcome, reason=reason)
         if expected_urls is not None and summary.urls_total != expected_urls:
             raise IncompleteRun(
                 f"recorded {summary.urls_total} results but the source had {expected_urls} URLs: "
                 "a batch's results are missing; nothing was written. Clear the failed batches and this task."
             )
+        if after is not None:
+            after(cur)
     log.info(
         "recorded run %s: %d results received, %d urls kept, %d stale rows removed, %d new objects",
         run.run_key,
@@ -203,7 +230,74 @@ def record_run(
     return summary
 
 
-def _copy_results(cur: Any, results: Iterable[Result]) -> int:
+def stage_results(conn: Any, dag_run_id: str, batch: int, results: Iterable[Result]) -> int:
+    """Stage one batch's results in ``harvest.staged_results``, replacing what it staged before.
+
+    One transaction: a batch run again (a retry, a cleared task) leaves exactly its latest results,
+    never a mix. Called as each batch ends, so the reduce only finalises in SQL
+    (:func:`record_staged_run`).
+    """
+    prefix = f"{_copy_field(dag_run_id)}\t{batch}\t"
+    copy_sql = f"COPY harvest.staged_results (dag_run_id, batch, seq, {', '.join(_NAMES)}) FROM STDIN"
+    total = 0
+    with _transaction(conn), conn.cursor() as cur:
+        cur.execute(
+            "DELETE FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s", (dag_run_id, batch)
+        )
+        rows = (prefix + line for line in _copy_lines(results))
+        while chunk := list(islice(rows, COPY_CHUNK_ROWS)):
+            _copy_in(cur, copy_sql, "".join(chunk))
+            total += len(chunk)
+    return total
+
+
+def record_staged_run(
+    conn: Any,
+    run: RunInfo,
+    unstaged: Iterable[Result] = (),
+    *,
+    batches: int,
+    outcome: str = "recorded",
+    reason: str | None = None,
+    expected_urls: int | None = None,
+) -> RunSummary:
+    """:func:`record_run` of the results ``run`` staged (:func:`stage_results`), plus ``unstaged``
+    ones (the lines rejected while reading the list), in SQL but for those few.
+
+    Only batches ``0..batches-1`` count: a run planned again with fewer batches leaves no stray rows
+    in the recording. The run's staged rows are deleted in the same transaction that writes
+    ``harvest.downloads``: recorded and unstaged together, or neither.
+    """
+
+    def load(cur: Any) -> int:
+        loaded = _copy_results(cur, unstaged, analyse=False)
+        cur.execute(_INSERT_STAGED, {"dag_run_id": run.dag_run_id, "batches": batches, "after": loaded})
+        cur.execute("ANALYZE harvest_incoming")
+        return loaded + int(cur.rowcount)
+
+    return _record(
+        conn,
+        run,
+        load,
+        batches=batches,
+        outcome=outcome,
+        reason=reason,
+        expected_urls=expected_urls,
+        after=lambda cur: cur.execute(
+            "DELETE FROM harvest.staged_results WHERE dag_run_id = %s", (run.dag_run_id,)
+        ),
+    )
+
+
+_INSERT_STAGED = f"""
+INSERT INTO harvest_incoming (seq, {", ".join(_NAMES)})
+SELECT %(after)s + row_number() OVER (ORDER BY batch, seq), {", ".join(_NAMES)}
+FROM harvest.staged_results
+WHERE dag_run_id = %(dag_run_id)s AND batch < %(batches)s
+"""
+
+
+def _copy_results(cur: Any, results: Iterable[Result], *, analyse: bool = True) -> int:
     cur.execute(_CREATE_INCOMING)
     copy_sql = f"COPY harvest_incoming (seq, {', '.join(_NAMES)}) FROM STDIN"
     total = 0
@@ -211,8 +305,9 @@ def _copy_results(cur: Any, results: Iterable[Result]) -> int:
     while chunk := list(islice(rows, COPY_CHUNK_ROWS)):
         _copy_in(cur, copy_sql, "".join(chunk))
         total += len(chunk)
-    # Temp tables have no statistics until analysed; the joins below need them for a sane plan.
-    cur.execute("ANALYZE harvest_incoming")
+    if analyse:
+        # Temp tables have no statistics until analysed; the joins below need them for a sane plan.
+        cur.execute("ANALYZE harvest_incoming")
     return total
 
 

@@ -1,4 +1,4 @@
-"""A run's working files in shared storage: the URL list, each batch's URLs and each batch's results.
+"""A run's working files in shared storage: the URL list, each batch's URLs and its checkpoints.
 
 Tasks on different Celery workers share no disk, and the metadata DB must not carry a 100,000-URL
 run through XCom. So every list travels as a gzipped JSON-lines file under ``HARVEST_WORK_URI``
@@ -12,8 +12,10 @@ Layout, one folder per DAG run::
     <work_uri>/<dag_run_id>/items.jsonl.gz          normalised URLs from the source
     <work_uri>/<dag_run_id>/rejected.jsonl.gz       results for lines that were not valid URLs
     <work_uri>/<dag_run_id>/batches/00003.jsonl.gz  the URLs of batch 3
-    <work_uri>/<dag_run_id>/results/00003.jsonl.gz  the results of batch 3
     <work_uri>/<dag_run_id>/partial/00003/          checkpoints of batch 3 while it runs (.checkpoints)
+
+Batch results do not come back here: each batch stages them in Postgres as it ends
+(:func:`include.harvest.results.stage_results`).
 """
 
 from __future__ import annotations
@@ -158,9 +160,6 @@ class RunWorkspace:
     def batch_uri(self, index: int) -> str:
         return f"{self.root}/batches/{index:05d}.jsonl.gz"
 
-    def results_uri(self, index: int) -> str:
-        return f"{self.root}/results/{index:05d}.jsonl.gz"
-
     def partial_uri(self, index: int) -> str:
-        """The folder of batch ``index``'s checkpoint parts; gone once its results file is written."""
+        """The folder of batch ``index``'s checkpoint parts; gone once its results are staged."""
         return f"{self.root}/partial/{index:05d}"

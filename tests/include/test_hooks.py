@@ -6,7 +6,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.harvest.errors import StorageUnavailable
-from include.harvest.hooks import fail_fast_on_permanent_storage_errors, keep_work_files
+from include.harvest.hooks import fail_fast_on_permanent_storage_errors, keep_work_files, worker_slots
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,15 @@ def test_an_unreachable_endpoint_keeps_the_tasks_retries():
     error = StorageUnavailable("endpoint unreachable", uri="s3://x/p", setting="S", retryable=True)
     with pytest.raises(StorageUnavailable), fail_fast_on_permanent_storage_errors():
         raise error
+
+
+def test_worker_slots_come_from_the_variable_else_from_the_workers_own_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert worker_slots({"HARVEST_WORKER_SLOTS": "12"}) == 12
+    monkeypatch.setenv("AIRFLOW__CELERY__WORKER_CONCURRENCY", "6")
+    assert worker_slots({"HARVEST_WORKER_SLOTS": ""}) == 6  # empty: the default, as everywhere
+    with pytest.raises(ValueError, match="HARVEST_WORKER_SLOTS='many' is not a whole number"):
+        worker_slots({"HARVEST_WORKER_SLOTS": "many"})
+    with pytest.raises(ValueError, match="HARVEST_WORKER_SLOTS='0' must be at least 1"):
+        worker_slots({"HARVEST_WORKER_SLOTS": "0"})

@@ -35,7 +35,7 @@ def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-ALL_MIGRATIONS = ["0001_initial", "0002_report_indexes", "0003_internal_error_status"]
+ALL_MIGRATIONS = ["0001_initial", "0002_report_indexes", "0003_internal_error_status", "0004_staged_results"]
 
 
 def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None:
@@ -48,11 +48,19 @@ def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None
         empty_db_dsn,
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'harvest' ORDER BY 1",
     )
-    assert tables == [("downloads",), ("objects",), ("runs",), ("schema_migrations",), ("url_sources",)]
+    assert tables == [
+        ("downloads",),
+        ("objects",),
+        ("runs",),
+        ("schema_migrations",),
+        ("staged_results",),
+        ("url_sources",),
+    ]
     assert query(empty_db_dsn, "SELECT version, name FROM harvest.schema_migrations ORDER BY 1") == [
         ("0001", "0001_initial"),
         ("0002", "0002_report_indexes"),
         ("0003", "0003_internal_error_status"),
+        ("0004", "0004_staged_results"),
     ]
     assert pending_migrations(empty_db_dsn) == []
 

@@ -7,6 +7,7 @@ import itertools
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +20,11 @@ from include.harvest import pipeline
 from include.harvest.checkpoints import BatchCheckpoint
 from include.harvest.fetch import fetch_batch
 from include.harvest.models import Result, Status
-from include.harvest.results import IncompleteRun
+from include.harvest.results import DOWNLOAD_COLUMNS, IncompleteRun, stage_results
 from include.harvest.settings import FetchSettings
 from include.harvest.sources import SourceNotAllowed, SourceNotFound
 from include.harvest.storage import ContentAddressedStore
-from include.harvest.workfiles import read_items, read_results, write_results
+from include.harvest.workfiles import read_items
 
 if TYPE_CHECKING:  # fixtures' types; the fixtures themselves come from conftest.py
     from tests.include.conftest import HostileServer, Images
@@ -39,6 +40,10 @@ def context(run_id: str = "scheduled__2026-05-04T00:00:00+00:00") -> pipeline.Ru
 
 def no_db() -> None:
     raise AssertionError("this step must not need the results DB")
+
+
+def db(dsn: str) -> Callable[[], Any]:
+    return lambda: psycopg2.connect(dsn)
 
 
 def read(tmp_path: Path, **kwargs) -> dict:
@@ -150,20 +155,34 @@ def test_manual_urls_take_precedence_and_bad_lines_are_rejected_not_raised(tmp_p
 
 def test_a_run_with_a_batch_result_missing_records_nothing(tmp_path: Path, harvest_db_dsn: str):
     manifest = read(tmp_path, urls="\n".join(f"https://a.example.com/{n}.jpg" for n in range(3)))
-    results_uri = (tmp_path / "work" / "partial.jsonl.gz").as_uri()
-    write_results(results_uri, [Result(url="https://a.example.com/0.jpg", status=Status.OK)])
-
-    with pytest.raises(IncompleteRun, match="recorded 1 results but the source had 3 URLs"):
-        pipeline.record(
-            context(),
-            manifest,
-            [{"index": 0, "results_uri": results_uri}],
-            connect=lambda: psycopg2.connect(harvest_db_dsn),
+    with closing(psycopg2.connect(harvest_db_dsn)) as conn:
+        stage_results(
+            conn, context().dag_run_id, 0, [Result(url="https://a.example.com/0.jpg", status=Status.OK)]
         )
 
+    with pytest.raises(IncompleteRun, match="recorded 1 results but the source had 3 URLs"):
+        pipeline.record(context(), manifest, [{"index": 0}], connect=lambda: psycopg2.connect(harvest_db_dsn))
+
     with psycopg2.connect(harvest_db_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT (SELECT count(*) FROM harvest.downloads), (SELECT count(*) FROM harvest.runs)")
-        assert cur.fetchone() == (0, 0)
+        cur.execute(
+            "SELECT (SELECT count(*) FROM harvest.downloads), (SELECT count(*) FROM harvest.runs),"
+            " (SELECT count(*) FROM harvest.staged_results)"
+        )
+        assert cur.fetchone() == (0, 0, 1)  # nothing recorded, and the staged batch kept for a retry
+
+
+def staged(dsn: str, batch: dict) -> list[Result]:
+    """What ``download`` staged for ``batch`` in harvest.staged_results, in batch order."""
+    names = [column.name for column in DOWNLOAD_COLUMNS]
+    with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT {', '.join(names)} FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s"
+            " ORDER BY seq",
+            (batch["dag_run_id"], batch["index"]),
+        )
+        rows = cur.fetchall()
+    fields = [column.field for column in DOWNLOAD_COLUMNS]
+    return [Result(**{**dict(zip(fields, row, strict=True)), "status": Status(row[1])}) for row in rows]
 
 
 # -- a batch retried after its worker was killed ------------------------------------------------
@@ -210,6 +229,7 @@ def sha256_of(data: bytes) -> str:
 
 def test_a_retry_after_a_killed_attempt_fetches_only_the_urls_not_yet_stored(
     tmp_path: Path,
+    harvest_db_dsn: str,
     hostile_server: HostileServer,
     fast_settings: FetchSettings,
     images: Images,
@@ -225,14 +245,18 @@ def test_a_retry_after_a_killed_attempt_fetches_only_the_urls_not_yet_stored(
 
     with caplog.at_level(logging.INFO, logger="include.harvest.pipeline"):
         summary = pipeline.download(
-            batch, settings=fast_settings, storage_uri=storage_uri, connect=no_db, use_previous=False
+            batch,
+            settings=fast_settings,
+            storage_uri=storage_uri,
+            connect=db(harvest_db_dsn),
+            use_previous=False,
         )
 
     # Stored and checkpointed: not again. The 404 is asked again; the GIF was stored after the last
     # checkpoint, so nothing says it was: fetched again too.
     assert hits(hostile_server, urls) == [1, 1, 2, 2, 1]
     assert "resuming: 2 URLs already stored by an earlier attempt, 3 to fetch" in caplog.text
-    written = list(read_results([batch["results_uri"]]))
+    written = staged(harvest_db_dsn, batch)
     assert [r.url for r in written] == urls  # one result per URL, in batch order
     assert [r.status for r in written] == [Status.OK, Status.OK, Status.HTTP_ERROR, Status.OK, Status.OK]
     assert [r.sha256 for r in written] == [
@@ -244,7 +268,11 @@ def test_a_retry_after_a_killed_attempt_fetches_only_the_urls_not_yet_stored(
 
 
 def test_a_checkpointed_result_whose_blob_is_gone_is_fetched_again(
-    tmp_path: Path, hostile_server: HostileServer, fast_settings: FetchSettings, images: Images
+    tmp_path: Path,
+    harvest_db_dsn: str,
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    images: Images,
 ):
     png, jpg = urls = unique_urls(hostile_server, "/ok.png", "/ok.jpg")
     batch = plan_one_batch(tmp_path, urls)
@@ -255,11 +283,11 @@ def test_a_checkpointed_result_whose_blob_is_gone_is_fetched_again(
     blob.unlink()  # lost (store cleaned, or the attempt wrote to another store)
 
     pipeline.download(
-        batch, settings=fast_settings, storage_uri=storage_uri, connect=no_db, use_previous=False
+        batch, settings=fast_settings, storage_uri=storage_uri, connect=db(harvest_db_dsn), use_previous=False
     )
 
     assert hits(hostile_server, urls) == [1, 2]
-    assert [r.sha256 for r in read_results([batch["results_uri"]])] == [
+    assert [r.sha256 for r in staged(harvest_db_dsn, batch)] == [
         sha256_of(images.png),
         sha256_of(images.jpeg),
     ]
@@ -268,6 +296,7 @@ def test_a_checkpointed_result_whose_blob_is_gone_is_fetched_again(
 
 def test_an_attempt_that_failed_mid_batch_is_resumed_from_its_last_checkpoint(
     tmp_path: Path,
+    harvest_db_dsn: str,
     hostile_server: HostileServer,
     fast_settings: FetchSettings,
     monkeypatch: pytest.MonkeyPatch,
@@ -287,21 +316,25 @@ def test_an_attempt_that_failed_mid_batch_is_resumed_from_its_last_checkpoint(
     monkeypatch.setattr(ContentAddressedStore, "put", disk_full_at_the_third_blob)
     with pytest.raises(OSError, match="No space left"):  # the task fails; Airflow retries it
         pipeline.download(
-            batch, settings=one_at_a_time, storage_uri=storage_uri, connect=no_db, use_previous=False
+            batch,
+            settings=one_at_a_time,
+            storage_uri=storage_uri,
+            connect=db(harvest_db_dsn),
+            use_previous=False,
         )
-    assert not Path(batch["results_uri"].removeprefix("file://")).exists()
+    assert staged(harvest_db_dsn, batch) == []  # a failed attempt stages nothing
 
     summary = pipeline.download(
-        batch, settings=one_at_a_time, storage_uri=storage_uri, connect=no_db, use_previous=False
+        batch, settings=one_at_a_time, storage_uri=storage_uri, connect=db(harvest_db_dsn), use_previous=False
     )
 
     assert hits(hostile_server, urls) == [1, 1, 2, 1, 1]  # the failed attempt stopped at the third
     assert summary["reused"] == 2
-    assert [(r.url, r.status) for r in read_results([batch["results_uri"]])] == [(u, Status.OK) for u in urls]
+    assert [(r.url, r.status) for r in staged(harvest_db_dsn, batch)] == [(u, Status.OK) for u in urls]
 
 
-def test_a_retry_after_the_results_file_was_written_gives_the_same_rows(
-    tmp_path: Path, hostile_server: HostileServer, fast_settings: FetchSettings
+def test_a_retry_after_the_results_were_staged_replaces_them_with_the_same_rows(
+    tmp_path: Path, harvest_db_dsn: str, hostile_server: HostileServer, fast_settings: FetchSettings
 ):
     urls = unique_urls(hostile_server, "/ok.png", "/status/404", "/ok.gif")
     batch = plan_one_batch(tmp_path, urls)
@@ -309,11 +342,13 @@ def test_a_retry_after_the_results_file_was_written_gives_the_same_rows(
 
     def attempt() -> list[tuple]:
         pipeline.download(
-            batch, settings=fast_settings, storage_uri=storage_uri, connect=no_db, use_previous=False
+            batch,
+            settings=fast_settings,
+            storage_uri=storage_uri,
+            connect=db(harvest_db_dsn),
+            use_previous=False,
         )
-        return [
-            (r.url, r.status, r.sha256, r.storage_uri, r.line) for r in read_results([batch["results_uri"]])
-        ]
+        return [(r.url, r.status, r.sha256, r.storage_uri, r.line) for r in staged(harvest_db_dsn, batch)]
 
     first, second = attempt(), attempt()
 

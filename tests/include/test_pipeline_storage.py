@@ -4,6 +4,7 @@ end after the reduce. On S3 (a real S3-protocol server, moto on loopback) and on
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,9 +14,9 @@ import pytest
 from include.harvest import pipeline
 from include.harvest.errors import StorageUnavailable
 from include.harvest.models import Result, Status
-from include.harvest.results import IncompleteRun
+from include.harvest.results import IncompleteRun, stage_results
 from include.harvest.settings import FetchSettings
-from include.harvest.workfiles import RunWorkspace, read_items, write_results
+from include.harvest.workfiles import RunWorkspace, read_items
 from tests.s3 import MotoServer
 
 pytest_plugins = ["tests.include.db_fixtures"]
@@ -136,8 +137,10 @@ def files_under(uri: str) -> list[str]:
     return sorted(fs.find(path)) if fs.exists(path) else []
 
 
-def run_until_the_reduce(work_uri: str, tmp_path: Path, *, results_for: int = len(URLS)) -> tuple[dict, list]:
-    """read_sources and plan as the DAG runs them, then batch results as download would write them."""
+def run_until_the_reduce(
+    work_uri: str, tmp_path: Path, dsn: str, *, results_for: int = len(URLS)
+) -> tuple[dict, list]:
+    """read_sources and plan as the DAG runs them, then batch results staged as download stages them."""
     manifest = read_sources(
         storage_uri=(tmp_path / "storage").as_uri(),
         work_uri=work_uri,
@@ -150,19 +153,28 @@ def run_until_the_reduce(work_uri: str, tmp_path: Path, *, results_for: int = le
     for batch in batches:
         items = read_items(batch["uri"])[: max(0, results_for - done)]
         done += len(items)
-        write_results(
-            batch["results_uri"],
-            [Result(url=i.url, status=Status.HTTP_ERROR, http_status=404) for i in items],
-        )
-        summaries.append({"index": batch["index"], "results_uri": batch["results_uri"]})
+        with closing(psycopg2.connect(dsn)) as conn:
+            stage_results(
+                conn,
+                batch["dag_run_id"],
+                batch["index"],
+                [Result(url=i.url, status=Status.HTTP_ERROR, http_status=404) for i in items],
+            )
+        summaries.append({"index": batch["index"]})
     return manifest, summaries
+
+
+def staged_rows(dsn: str) -> int:
+    with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM harvest.staged_results")
+        return int(cur.fetchone()[0])
 
 
 def test_the_work_folder_is_deleted_once_the_results_are_recorded(
     work_uri: str, tmp_path: Path, harvest_db_dsn: str, caplog: pytest.LogCaptureFixture
 ):
-    manifest, summaries = run_until_the_reduce(work_uri, tmp_path)
-    assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 8  # items, rejected, 3 batches, 3 results
+    manifest, summaries = run_until_the_reduce(work_uri, tmp_path, harvest_db_dsn)
+    assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 5  # items, rejected, 3 batches
 
     with caplog.at_level(logging.INFO, logger="include.harvest.pipeline"):
         summary = pipeline.record(
@@ -171,13 +183,14 @@ def test_the_work_folder_is_deleted_once_the_results_are_recorded(
 
     assert summary.urls_total == len(URLS)
     assert files_under(work_uri) == []
+    assert staged_rows(harvest_db_dsn) == 0  # moved into harvest.downloads in the same transaction
     assert f"Deleted the run's work files at {work_uri}/{RUN_FOLDER}" in caplog.text
 
 
 def test_keep_work_files_keeps_them(
     work_uri: str, tmp_path: Path, harvest_db_dsn: str, caplog: pytest.LogCaptureFixture
 ):
-    manifest, summaries = run_until_the_reduce(work_uri, tmp_path)
+    manifest, summaries = run_until_the_reduce(work_uri, tmp_path, harvest_db_dsn)
     with caplog.at_level(logging.INFO, logger="include.harvest.pipeline"):
         pipeline.record(
             context(),
@@ -186,24 +199,27 @@ def test_keep_work_files_keeps_them(
             connect=lambda: psycopg2.connect(harvest_db_dsn),
             keep_work_files=True,
         )
-    assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 8
+    assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 5
     assert f"Kept the run's work files at {work_uri}/{RUN_FOLDER} (HARVEST_KEEP_WORK_FILES)" in caplog.text
 
 
 def test_a_failed_reduce_keeps_the_work_folder_for_the_retry(
     work_uri: str, tmp_path: Path, harvest_db_dsn: str
 ):
-    manifest, summaries = run_until_the_reduce(work_uri, tmp_path, results_for=3)  # 2 URLs unanswered
+    manifest, summaries = run_until_the_reduce(
+        work_uri, tmp_path, harvest_db_dsn, results_for=3
+    )  # 2 URLs unanswered
     with pytest.raises(IncompleteRun):
         pipeline.record(context(), manifest, summaries, connect=lambda: psycopg2.connect(harvest_db_dsn))
-    assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 8
+    assert len(files_under(f"{work_uri}/{RUN_FOLDER}")) == 5
+    assert staged_rows(harvest_db_dsn) == 3  # kept too: a retry of the failed batches adds theirs
 
 
 def test_recording_a_run_again_after_its_work_files_were_deleted_keeps_its_rows(
     work_uri: str, tmp_path: Path, harvest_db_dsn: str
 ):
     # A person clears record_results of a finished run: its files are gone, its rows are there.
-    manifest, summaries = run_until_the_reduce(work_uri, tmp_path)
+    manifest, summaries = run_until_the_reduce(work_uri, tmp_path, harvest_db_dsn)
     connect = lambda: psycopg2.connect(harvest_db_dsn)  # noqa: E731
     first = pipeline.record(context(), manifest, summaries, connect=connect)
     again = pipeline.record(context(), manifest, summaries, connect=connect)
@@ -216,13 +232,13 @@ def test_recording_a_run_again_after_its_work_files_were_deleted_keeps_its_rows(
 def test_a_run_whose_files_are_gone_and_never_recorded_says_to_clear_the_whole_run(
     work_uri: str, tmp_path: Path, harvest_db_dsn: str
 ):
-    manifest, summaries = run_until_the_reduce(work_uri, tmp_path)
+    manifest, summaries = run_until_the_reduce(work_uri, tmp_path, harvest_db_dsn)
     RunWorkspace(work_uri, RUN_ID).remove()
     with pytest.raises(FileNotFoundError, match=r"clear the whole run \(from read_sources\)"):
         pipeline.record(context(), manifest, summaries, connect=lambda: psycopg2.connect(harvest_db_dsn))
     with pytest.raises(FileNotFoundError, match=r"clear the whole run \(from read_sources\)"):
         pipeline.download(
-            {"index": 0, "uri": summaries[0]["results_uri"].replace("results", "batches")},
+            {"index": 0, "uri": RunWorkspace(work_uri, RUN_ID).batch_uri(0), "dag_run_id": RUN_ID},
             settings=FetchSettings(),
             storage_uri=(tmp_path / "storage").as_uri(),
             connect=lambda: psycopg2.connect(harvest_db_dsn),

@@ -8,6 +8,8 @@ from include.harvest.models import UrlItem
 from include.harvest.planning import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCHES,
+    MAX_AUTO_BATCH,
+    MIN_AUTO_BATCH,
     choose_batch_size,
     describe_batch,
     plan_batches,
@@ -83,3 +85,30 @@ def test_describe_batch_counts_urls_and_hosts() -> None:
     assert describe_batch(make_items(500, hosts=2)) == "500 urls · 2 hosts"
     assert describe_batch(make_items(1)) == "1 url · 1 host"
     assert describe_batch([]) == "0 urls · 0 hosts"
+
+
+@pytest.mark.parametrize(
+    ("urls", "slots", "batches"),
+    [
+        (20_000, 4, 8),  # two waves over 4 slots, 2,500 URLs each (was 20 task life cycles)
+        (100_000, 4, 10),  # capped at 10,000 URLs a batch (was 100)
+        (100_000, 16, 32),  # more slots, more batches: each slot busy twice
+        (2_000, 4, 4),  # never under 500 URLs: a batch must cost more to fetch than to schedule
+        (28, 4, 1),
+    ],
+)
+def test_without_a_batch_size_batches_are_sized_from_the_list_and_the_worker_slots(
+    urls: int, slots: int, batches: int
+) -> None:
+    plan = plan_batches(make_items(urls), worker_slots=slots)
+
+    assert len(plan) == batches
+    assert flatten(plan) == make_items(urls)
+    assert all(len(batch) <= MAX_AUTO_BATCH for batch in plan)
+    assert all(len(batch) >= min(urls, MIN_AUTO_BATCH) for batch in plan)
+
+
+def test_an_explicit_batch_size_wins_over_the_worker_slots() -> None:
+    assert len(plan_batches(make_items(2_000), batch_size=100, worker_slots=4)) == 20
+    with pytest.raises(ValueError, match="worker_slots must be at least 1"):
+        choose_batch_size(10, worker_slots=0)

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from include.harvest.models import Result, Status
-from include.harvest.results import COPY_CHUNK_ROWS, RunInfo, load_previous, record_run
+from include.harvest.results import (
+    COPY_CHUNK_ROWS,
+    IncompleteRun,
+    RunInfo,
+    load_previous,
+    record_run,
+    record_staged_run,
+    stage_results,
+)
 
 pytest_plugins = ["tests.include.db_fixtures"]
 
@@ -373,6 +381,13 @@ def test_the_declared_columns_are_the_tables_and_the_results(harvest_conn: Any) 
     )
     recording = ["run_key", "dag_run_id", "recorded_at"]  # about the recording, not the Result
     assert [name for (name,) in table if name not in recording] == [c.name for c in DOWNLOAD_COLUMNS]
+    staging = rows(
+        harvest_conn,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'harvest' AND table_name = 'staged_results' ORDER BY ordinal_position",
+    )
+    about_the_batch = ["dag_run_id", "batch", "seq", "staged_at"]
+    assert [name for (name,) in staging if name not in about_the_batch] == [c.name for c in DOWNLOAD_COLUMNS]
     assert sorted(c.field for c in DOWNLOAD_COLUMNS) == sorted(f.name for f in fields(Result))
 
 
@@ -399,3 +414,58 @@ def test_every_result_field_reaches_its_column_and_load_previous(harvest_conn: A
     for column in DOWNLOAD_COLUMNS:
         if column.previous:
             assert getattr(previous, column.field) == getattr(result, column.field), column.name
+
+
+# -- staged as each batch ends, recorded in SQL ------------------------------------------------------
+
+
+def test_a_batch_staged_again_replaces_its_rows_and_the_reduce_moves_them_whole(harvest_conn: Any) -> None:
+    run = run_info()
+    first_try = [failed("https://a.example.com/1.jpg", Status.TIMEOUT), ok("https://a.example.com/2.jpg")]
+    retried = [
+        ok("https://a.example.com/1.jpg", SHA_B, line=1, meta={"k": "v"}),
+        ok("https://a.example.com/2.jpg"),
+    ]
+    stage_results(harvest_conn, run.dag_run_id, 0, first_try)
+    stage_results(harvest_conn, run.dag_run_id, 0, retried)  # the retry of batch 0
+    stage_results(harvest_conn, run.dag_run_id, 1, [failed("https://b.example.com/3.jpg")])
+    stage_results(harvest_conn, "another_run", 0, [ok("https://c.example.com/4.jpg")])  # not this run's
+    rejected = [Result(url="not a url", status=Status.REJECTED, error="line 9: not a URL", line=9)]
+
+    summary = record_staged_run(harvest_conn, run, rejected, batches=2, expected_urls=4)
+
+    assert summary.counts == {"ok": 2, "http_error": 1, "rejected": 1}
+    recorded = rows(
+        harvest_conn, "SELECT url, status, sha256, source_line, meta FROM harvest.downloads ORDER BY url"
+    )
+    assert recorded == [
+        ("https://a.example.com/1.jpg", "ok", SHA_B, 1, {"k": "v"}),
+        ("https://a.example.com/2.jpg", "ok", SHA_A, None, None),
+        ("https://b.example.com/3.jpg", "http_error", None, None, None),
+        ("not a url", "rejected", None, 9, None),
+    ]
+    staged = rows(harvest_conn, "SELECT dag_run_id, count(*) FROM harvest.staged_results GROUP BY 1")
+    assert staged == [("another_run", 1)]  # this run's staged rows went with the recording
+
+
+def test_a_batch_left_from_an_earlier_plan_is_not_recorded(harvest_conn: Any) -> None:
+    """A run cleared and planned again into fewer batches: the old plan's extra batch is ignored."""
+    run = run_info()
+    stage_results(harvest_conn, run.dag_run_id, 0, [ok("https://a.example.com/1.jpg")])
+    stage_results(harvest_conn, run.dag_run_id, 1, [ok("https://stale.example.com/9.jpg")])
+
+    summary = record_staged_run(harvest_conn, run, batches=1, expected_urls=1)
+
+    assert summary.urls_total == 1
+    assert rows(harvest_conn, "SELECT url FROM harvest.downloads") == [("https://a.example.com/1.jpg",)]
+
+
+def test_an_incomplete_staged_run_records_nothing_and_keeps_what_was_staged(harvest_conn: Any) -> None:
+    run = run_info()
+    stage_results(harvest_conn, run.dag_run_id, 0, [ok("https://a.example.com/1.jpg")])
+
+    with pytest.raises(IncompleteRun, match="recorded 1 results but the source had 2 URLs"):
+        record_staged_run(harvest_conn, run, batches=2, expected_urls=2)
+
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.downloads") == [(0,)]
+    assert rows(harvest_conn, "SELECT count(*) FROM harvest.staged_results") == [(1,)]

@@ -50,13 +50,13 @@ def test_items_and_results_come_back_as_written(work: WorkBase):
     workspace = RunWorkspace(work.uri, "manual__2026-05-04T00:00:00+00:00")
     assert write_items(workspace.batch_uri(3), items(2500)) == 2500
     results = [Result(url="https://a.example.com/1.png", status=Status.OK, bytes=10, sha256="ab" * 32)]
-    write_results(workspace.results_uri(3), results)
+    write_results(workspace.rejected_uri, results)
 
     assert read_items(workspace.batch_uri(3)) == list(items(2500))
-    assert [r.to_record() for r in read_results([workspace.results_uri(3)])] == [results[0].to_record()]
+    assert [r.to_record() for r in read_results([workspace.rejected_uri])] == [results[0].to_record()]
     assert work.everything() == [
         "manual__2026-05-04T00_00_00_00_00/batches/00003.jsonl.gz",
-        "manual__2026-05-04T00_00_00_00_00/results/00003.jsonl.gz",
+        "manual__2026-05-04T00_00_00_00_00/rejected.jsonl.gz",
     ]
 
 
@@ -97,14 +97,14 @@ def test_remove_deletes_the_run_folder_and_nothing_beside_it(work: WorkBase):
     for workspace in (run, neighbour):
         write_items(workspace.items_uri, items(2))
         write_items(workspace.batch_uri(0), items(2))
-        write_results(workspace.results_uri(0), [])
+        write_results(workspace.rejected_uri, [])
 
     assert run.remove() is True
 
     assert work.everything() == [
         "run-10/batches/00000.jsonl.gz",
         "run-10/items.jsonl.gz",
-        "run-10/results/00000.jsonl.gz",
+        "run-10/rejected.jsonl.gz",
     ]
 
 
