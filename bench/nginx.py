@@ -23,10 +23,12 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Nginx", "NginxError", "ensure_nginx", "free_port"]
+__all__ = ["Nginx", "NginxError", "ensure_nginx", "ensure_nginx_module", "free_port"]
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 APT_PACKAGES = ("nginx-light", "nginx")
+# Where Debian's libnginx-mod-* packages put their dynamic modules.
+MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 
 
 class NginxError(RuntimeError):
@@ -79,8 +81,34 @@ def ensure_nginx() -> str:
     )
 
 
+def _find_module(name: str) -> Path | None:
+    return next((Path(d) / f"{name}.so" for d in MODULE_DIRS if (Path(d) / f"{name}.so").exists()), None)
+
+
+def ensure_nginx_module(name: str, package: str) -> Path:
+    """Path of the dynamic module ``name`` (e.g. ``ngx_http_lua_module``), installing Debian's
+    ``package`` (e.g. ``libnginx-mod-http-lua``) with apt-get if it is missing."""
+    if found := _find_module(name):
+        return found
+    if not shutil.which("apt-get"):
+        raise NginxError(f"nginx module {name} is missing and apt-get is not available: install {package}")
+    print(f"nginx module {name} not found: installing {package} with apt-get", flush=True)
+    for attempt in range(2):
+        if _apt_install(package) and (found := _find_module(name)):
+            return found
+        if attempt == 0:
+            cmd = ["apt-get", "update"]
+            if os.geteuid() != 0 and shutil.which("sudo"):
+                cmd = ["sudo", "-n", *cmd]
+            subprocess.run(cmd, capture_output=True, timeout=600, check=False)
+    raise NginxError(f"could not install {package} with apt-get; install it and retry")
+
+
 class Nginx:
     """nginx serving ``root`` (read-only, static files) on ``127.0.0.1:port``."""
+
+    # SIGQUIT lets open requests finish; a subclass whose requests may hang on purpose uses SIGTERM.
+    stop_signal: signal.Signals = signal.SIGQUIT
 
     def __init__(self, root: Path, *, port: int | None = None, worker_processes: int = 1):
         self.root = Path(root).resolve()
@@ -147,11 +175,15 @@ class Nginx:
             )
         )
 
+    def prepare(self, prefix: Path) -> None:
+        """Write the files the config refers to, in ``prefix`` (a subclass hook: nothing here)."""
+
     def start(self, timeout: float = 20) -> Nginx:
         binary = ensure_nginx()
         self.prefix = Path(tempfile.mkdtemp(prefix="harvest-nginx-"))
         for name in ("client_body", "proxy", "fastcgi"):
             (self.prefix / "tmp" / name).mkdir(parents=True, exist_ok=True)
+        self.prepare(self.prefix)
         conf = self.prefix / "nginx.conf"
         conf.write_text(self.config(self.prefix))
         # -e: the startup error log (before the config is read) also goes to our folder.
@@ -187,7 +219,7 @@ class Nginx:
     def stop(self, timeout: float = 10) -> None:
         """Stop the master by its pid (it stops its workers), then remove the temp folder."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish open requests
+            self.proc.send_signal(self.stop_signal)  # SIGQUIT by default: finish open requests
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -197,6 +229,26 @@ class Nginx:
         if self.prefix is not None:
             shutil.rmtree(self.prefix, ignore_errors=True)
             self.prefix = None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds used so far by the master and its workers (0 if not running)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        total = 0.0
+        try:
+            master = psutil.Process(self.proc.pid)
+            processes = [master, *master.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # a worker that just exited
+                continue
+            total += times.user + times.system
+        return total
 
     def __enter__(self) -> Nginx:
         return self.start() if self.proc is None else self
