@@ -286,18 +286,11 @@ class RobotsPolicy:
         self.enabled = settings.respect_robots_txt
         self.agent = product_token(settings.user_agent)
         self.fetch_robots = fetch_robots
-        self.prefix = prefix
         self.clock = clock
         self.unreachable_ttl = min(UNREACHABLE_CACHE_SECONDS, settings.robots_cache_ttl)
         if redis is None and settings.redis_url and self.enabled:
             redis = redis_client(settings.redis_url)
-        self.redis = redis
-        self._redis_errors: tuple[type[Exception], ...] = (OSError,)
-        if redis is not None:
-            from redis.exceptions import RedisError  # here: importing redis is slow, and optional
-
-            self._redis_errors = (RedisError, OSError)
-        self._redis_down_until = 0.0
+        self.shared = _SharedCache(redis, prefix)
         self._lock = threading.Lock()
         self._cache: dict[str, _OriginRules] = {}
         self._flights: dict[str, _Flight] = {}
@@ -351,7 +344,7 @@ class RobotsPolicy:
         return self._rules_for(_origin(target)).crawl_delay
 
     def cache_key(self, origin: str) -> str:
-        return f"{self.prefix}:robots:{origin}"
+        return self.shared.key(origin)
 
     def _rules_for(self, origin: str) -> _OriginRules:
         """The origin's rules from this process's cache, else loaded by one thread (single-flight)."""
@@ -395,7 +388,7 @@ class RobotsPolicy:
         self._cache[rules.origin] = rules
 
     def _load(self, origin: str) -> _OriginRules:
-        shared = self._read_shared(origin)
+        shared = self.shared.read(origin)
         if shared is not None:
             answer, seconds_left = shared
             return self._interpret(origin, answer, self.clock() + seconds_left)
@@ -403,7 +396,7 @@ class RobotsPolicy:
         rules = self._interpret(origin, answer, 0.0)
         ttl = self.unreachable_ttl if rules.unreachable is not None else self.settings.robots_cache_ttl
         rules.expires_at = self.clock() + ttl
-        self._write_shared(origin, answer, ttl)
+        self.shared.write(origin, answer, ttl)
         return rules
 
     def _ask(self, origin: str) -> _Answer:
@@ -443,14 +436,32 @@ class RobotsPolicy:
             origin, expires_at, group=group, lines=lines, parser=parser, crawl_delay=delay or None
         )
 
-    def _read_shared(self, origin: str) -> tuple[_Answer, float] | None:
+
+class _SharedCache:
+    """The robots.txt answers every worker shares, in Redis (see the module docstring); when Redis
+    fails, each process relies on its own cache for :data:`REDIS_RETRY_SECONDS`."""
+
+    def __init__(self, redis: Any | None, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._redis_errors: tuple[type[Exception], ...] = (OSError,)
+        if redis is not None:
+            from redis.exceptions import RedisError  # here: importing redis is slow, and optional
+
+            self._redis_errors = (RedisError, OSError)
+        self._redis_down_until = 0.0
+
+    def key(self, origin: str) -> str:
+        return f"{self.prefix}:robots:{origin}"
+
+    def read(self, origin: str) -> tuple[_Answer, float] | None:
         """The answer another worker (or this one) cached in Redis, with its seconds left."""
         if self.redis is None or not self._redis_up():
             return None
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hgetall(self.cache_key(origin))
-            pipe.pttl(self.cache_key(origin))
+            pipe.hgetall(self.key(origin))
+            pipe.pttl(self.key(origin))
             fields, ttl_ms = pipe.execute()
         except self._redis_errors as exc:
             self._redis_failed(exc)
@@ -471,10 +482,10 @@ class RobotsPolicy:
             return None  # damaged: fetched again, and overwritten
         return answer, int(ttl_ms) / 1000
 
-    def _write_shared(self, origin: str, answer: _Answer, ttl: float) -> None:
+    def write(self, origin: str, answer: _Answer, ttl: float) -> None:
         if self.redis is None or not self._redis_up():
             return
-        key = self.cache_key(origin)
+        key = self.key(origin)
         try:
             # One transaction: the hash never exists without its expiry.
             pipe = self.redis.pipeline(transaction=True)
