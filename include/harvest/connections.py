@@ -32,7 +32,6 @@ from urllib3.exceptions import (
 )
 
 from include.harvest.errors import ConnectionFailed, Rejected, Timeout, TlsFailed
-from include.harvest.httpheaders import HTTPResponse
 from include.harvest.settings import FetchSettings
 from include.harvest.sockets import KernelTimeoutSocket
 from include.harvest.urls import Target
@@ -104,12 +103,9 @@ def _response_within_deadline(
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    """An urllib3 connection whose wait for the response headers ends at the total deadline, whose
-    socket has its timeouts kept by the kernel (:mod:`.sockets`: a read is one system call, not a
-    poll and a read), and whose response parses its headers without the email package
-    (:mod:`.httpheaders`)."""
-
-    response_class = HTTPResponse
+    """An urllib3 connection whose wait for the response headers ends at the total deadline, and
+    whose socket has its timeouts kept by the kernel (:mod:`.sockets`: a read is one system call,
+    not a poll and a read)."""
 
     def _new_conn(self) -> socket.socket:
         return KernelTimeoutSocket.adopt(super()._new_conn())
@@ -121,8 +117,6 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     """The HTTPS twin of :class:`_WatchedHTTPConnection`, with Python's own socket timeouts (TLS
     cannot run over a :class:`~include.harvest.sockets.KernelTimeoutSocket`)."""
-
-    response_class = HTTPResponse
 
     def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
         return _response_within_deadline(self.sock, super().getresponse)

@@ -7,10 +7,10 @@ not the URL's fault, and the batch task is retried as a whole).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 
 from include.harvest.content import inspect_content
 from include.harvest.errors import DownloadError, HttpError
@@ -192,7 +192,7 @@ class _Outcome:
             elapsed_ms=int((time.monotonic() - self.started) * 1000),
             etag=trace.etag,
             last_modified=trace.last_modified,
-            fetched_at=_now_iso(),
+            fetched_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             line=self.item.line,
             meta=self.item.meta,
             **fields,  # type: ignore[arg-type]
@@ -211,16 +211,3 @@ class _Outcome:
             height=previous.height,
             storage_uri=previous.storage_uri,
         )
-
-
-def _now_iso() -> str:
-    """Now, as ``datetime.now(UTC).isoformat(timespec="milliseconds")`` writes it, in half the time
-    (every result of every thread asks for it)."""
-    now = time.time()
-    second = int(now)
-    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}+00:00"
-
-
-@functools.lru_cache(maxsize=1)
-def _utc_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
