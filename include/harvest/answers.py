@@ -21,6 +21,7 @@ from include.harvest.errors import (
     HttpError,
     RetryableError,
     RetryableHttpStatus,
+    Timeout,
     TooLarge,
     describe_bytes,
 )
@@ -107,6 +108,9 @@ def retry_delay(
     """
     if attempts >= settings.max_attempts:
         exc.message += f" (gave up after {attempts} attempts, HARVEST_MAX_ATTEMPTS)"
+        return None
+    if isinstance(exc, Timeout) and attempts >= settings.timeout_attempts:
+        exc.message += f" (gave up after {attempts} attempts that timed out, HARVEST_TIMEOUT_ATTEMPTS)"
         return None
     delay = jitter(min(settings.backoff_max, settings.backoff_base * 2 ** (attempts - 1)))
     retry_after = exc.retry_after if isinstance(exc, RetryableHttpStatus) else None

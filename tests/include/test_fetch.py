@@ -92,7 +92,10 @@ CASES = {
         attempts=1,
     ),
     "accepts, never answers": Case(
-        on_server("/silent.png"), Status.TIMEOUT, ("sent no response within 1.5s", "HARVEST_READ_TIMEOUT")
+        on_server("/silent.png"),
+        Status.TIMEOUT,
+        ("sent no response within 1.5s", "HARVEST_READ_TIMEOUT", "HARVEST_TIMEOUT_ATTEMPTS"),
+        attempts=2,
     ),
     "drips one byte a second": Case(
         on_server("/drip.jpg"), Status.TIMEOUT, ("not complete after 2s", "HARVEST_TOTAL_TIMEOUT")
@@ -127,8 +130,13 @@ CASES = {
     "body stalls half-way": Case(
         on_server("/stall-body.jpg"),
         Status.TIMEOUT,
-        ("stopped sending the body for 1.5s", "HARVEST_READ_TIMEOUT", "gave up after 3 attempts"),
-        attempts=3,
+        # A timeout is tried twice (HARVEST_TIMEOUT_ATTEMPTS), not HARVEST_MAX_ATTEMPTS=3 times.
+        (
+            "stopped sending the body for 1.5s",
+            "HARVEST_READ_TIMEOUT",
+            "gave up after 2 attempts that timed out",
+        ),
+        attempts=2,
     ),
     "redirect loop": Case(
         on_server("/loop-a"), Status.TOO_MANY_REDIRECTS, ("redirect loop", "/loop-a"), attempts=1
