@@ -9,7 +9,15 @@ concurrency (one process per core), the broker and result backend are the same R
 stack's (own database numbers), and the database is a throw-away Postgres database.
 
 The time measured is from the first ``apply_async`` to the callback's result: what a user of the
-chord waits for.
+chord waits for. CPU seconds are the worker processes' (their whole trees, from psutil, between the
+first ``apply_async`` and the callback's result) plus the submitting thread's.
+
+On a latency-bound web (:mod:`bench.web`) a prefork pool of one process per core has as many
+requests in flight as cores, and would take an hour over 20,000 URLs. ``pool="threads"`` with
+``workers`` worker processes of ``concurrency`` threads each gives the chord the same concurrency
+budget as Harvest (worker slots × fetch threads per batch); ``ca_bundle`` makes its client trust the
+bench CA. Either client follows redirects (as the seed's ``urlretrieve`` did) and retries nothing;
+every request has a 5 s connect and 10 s read timeout.
 
     python -m bench.chord --urls 2000
 """
@@ -24,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -51,7 +60,14 @@ def _http() -> Any:
     if _pool is None:  # one pool per worker process, created after the fork
         import urllib3
 
-        _pool = urllib3.PoolManager(maxsize=4, retries=False)
+        _pool = urllib3.PoolManager(
+            # one pool per host (200 on the synthetic web), one connection per thread of this process
+            num_pools=int(os.environ.get("BENCH_CHORD_NUM_POOLS", "10")),
+            maxsize=int(os.environ.get("BENCH_CHORD_POOL_MAXSIZE", "4")),
+            # redirects followed (urlretrieve did), nothing retried
+            retries=urllib3.Retry(total=5, connect=0, read=0, other=0, status=0, redirect=5),
+            ca_certs=os.environ.get("BENCH_CHORD_CA") or None,
+        )
     return _pool
 
 
@@ -68,6 +84,8 @@ def download_image(url: str) -> dict[str, Any]:
         return _record(url, "connection_error", error=str(exc))
     if response.status != 200:
         return _record(url, "http_error", http_status=response.status)
+    if not response.data:
+        return _record(url, "empty", http_status=200)
     return _stored(url, response.data)
 
 
@@ -147,6 +165,25 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
             proc.wait(10)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system seconds of a process and its descendants (reaped children included)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def _wait_for_callback(backend: Any, task_id: str, timeout: float) -> int:
     """Poll the callback's result key (one GET per 50 ms).
 
@@ -180,11 +217,19 @@ def run_chord(
     timeout: float = 1800,
     sampler: Any = None,
     client: str = "pooled",
+    pool: str = "prefork",
+    workers: int = 1,
+    concurrency: int | None = None,
+    ca_bundle: Path | str | None = None,
+    keep_urls: bool = False,
 ) -> dict[str, Any]:
-    """Run the chord over ``urls`` with a fresh worker, database and folder; clean all of it up.
+    """Run the chord over ``urls`` with fresh workers, database and folder; clean all of it up.
 
-    ``sampler`` (optional) is called with the worker's pid to start sampling its memory, and must
-    return an object whose ``stop()`` gives the peak RSS in bytes.
+    ``sampler`` (optional) is called with each worker's pid to start sampling its memory, and must
+    return an object whose ``stop()`` gives the peak RSS in bytes (summed over workers).
+    ``pool``/``workers``/``concurrency``: ``workers`` celery worker processes with that pool and
+    concurrency (None: Celery's default, one per core). ``keep_urls``: return the URLs that ended
+    ``ok`` as ``fetched_urls``.
     """
     import psycopg2
     import redis
@@ -207,6 +252,7 @@ def run_chord(
             "CREATE TABLE downloads (id bigserial PRIMARY KEY, url text NOT NULL, status text NOT NULL, "
             "http_status int, bytes bigint, sha256 text, error text)"
         )
+    hosts = len({u.partition("://")[2].partition("/")[0] for u in urls})
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -215,58 +261,82 @@ def run_chord(
         "BENCH_CHORD_DSN": dsn,
         "BENCH_CHORD_OUT": str(out_dir),
         "BENCH_CHORD_CLIENT": client,
+        "BENCH_CHORD_NUM_POOLS": str(max(10, hosts + 8)),
+        "BENCH_CHORD_POOL_MAXSIZE": str(concurrency if pool == "threads" and concurrency else 4),
     }
-    worker: subprocess.Popen[bytes] | None = None
+    if ca_bundle:
+        # the pooled client's ca_certs; urllib.request (urlretrieve) reads SSL_CERT_FILE
+        env.update({"BENCH_CHORD_CA": str(ca_bundle), "SSL_CERT_FILE": str(ca_bundle)})
+    procs: list[subprocess.Popen[bytes]] = []
+    monitors: list[Any] = []
     peak_rss = None
     succeeded = False
     try:
         with log_file.open("wb") as log:
-            worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "bench.chord",
-                    "worker",
-                    "--loglevel=WARNING",
-                    "--pool=prefork",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--hostname",
-                    f"bench-{database}@%h",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            for n in range(workers):
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "bench.chord",
+                            "worker",
+                            "--loglevel=WARNING",
+                            f"--pool={pool}",
+                            *([f"--concurrency={concurrency}"] if concurrency else []),
+                            "--without-gossip",
+                            "--without-mingle",
+                            "--hostname",
+                            f"bench{n}-{database}@%h",
+                        ],
+                        cwd=REPO,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
         app_client = Celery("bench_chord_client", broker=broker, backend=backend)
         app_client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
         deadline = time.monotonic() + 120
-        while not app_client.control.ping(timeout=1.0):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the chord worker did not start; see {log_file}")
-        monitor = sampler(worker.pid) if sampler else None
+        while len(app_client.control.ping(timeout=1.0) or []) < workers:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"the chord workers did not start; see {log_file}")
+        monitors = [sampler(p.pid) for p in procs] if sampler else []
         load_before = os.getloadavg()[0]
+        cpu_before = sum(tree_cpu_seconds(p.pid) for p in procs)
+        client_cpu_before = time.thread_time()
         started = time.perf_counter()
         header = [app_client.signature("bench.download_image", args=(url,)) for url in urls]
         result = chord(header)(app_client.signature("bench.record_downloads"))
         submitted = time.perf_counter() - started
+        submit_cpu = time.thread_time() - client_cpu_before
         written = _wait_for_callback(redis.Redis.from_url(backend), result.id, timeout)
         seconds = time.perf_counter() - started
-        if monitor is not None:
-            peak_rss = monitor.stop()
+        client_cpu = time.thread_time() - client_cpu_before
+        worker_cpu = sum(tree_cpu_seconds(p.pid) for p in procs) - cpu_before
+        if monitors:
+            peak_rss = sum(m.stop() for m in monitors)
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("SELECT status, count(*) FROM downloads GROUP BY status")
             counts = dict(cur.fetchall())
+            fetched_urls: list[str] = []
+            if keep_urls:
+                cur.execute("SELECT url FROM downloads WHERE status = 'ok'")
+                fetched_urls = [u for (u,) in cur.fetchall()]
         files = sum(1 for _ in out_dir.iterdir())
         succeeded = True
     finally:
-        if worker is not None:
-            _stop(worker)
+        for m in monitors:
+            m.stop()
+        stoppers = [threading.Thread(target=_stop, args=(p,)) for p in procs]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.close()
@@ -275,7 +345,8 @@ def run_chord(
         shutil.rmtree(out_dir, ignore_errors=True)
         if succeeded:  # keep the worker's log only when something went wrong
             log_file.unlink(missing_ok=True)
-    return {
+    slots = concurrency or (os.cpu_count() or 1)
+    figures: dict[str, Any] = {
         "name": "chord",
         "client": client,
         "urls": len(urls),
@@ -286,10 +357,21 @@ def run_chord(
         "seconds": round(seconds, 3),
         "submit_seconds": round(submitted, 3),
         "urls_per_s": round(len(urls) / seconds, 1),
-        "worker": f"celery prefork, default concurrency ({os.cpu_count() or 1} processes)",
+        "pool": pool,
+        "workers": workers,
+        "concurrency": slots,
+        "worker": f"{workers} celery worker(s), {pool} pool of {slots}"
+        + ("" if concurrency else " (Celery's default: one per core)"),
+        # the workers' process trees, and the thread that built and submitted the chord
+        "cpu_s": round(worker_cpu + client_cpu, 2),
+        "worker_cpu_s": round(worker_cpu, 2),
+        "submit_cpu_s": round(submit_cpu, 2),
         "peak_rss_bytes": peak_rss,
         "load_avg_1m_before": round(load_before, 2),
     }
+    if keep_urls:
+        figures["fetched_urls"] = fetched_urls
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,7 @@ __all__ = [
     "StatusNginx",
     "ensure_img2dataset",
     "run_img2dataset",
+    "start_status_server",
     "verify_files",
 ]
 
@@ -503,7 +504,8 @@ def _raw_with_figures(server: Nginx, urls: list[str], threads: int, processes: i
     return result
 
 
-def _start_server(root: Path) -> Nginx:
+def start_status_server(root: Path) -> Nginx:
+    """A :class:`StatusNginx` serving ``root``, or a plain :class:`Nginx` when stub_status is missing."""
     server = StatusNginx(root)
     try:
         return server.start()
@@ -528,7 +530,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    server = _start_server(images.root)
+    server = start_status_server(images.root)
     try:
         urls = images.urls(server.base_url)
         print(f"nginx {server.base_url} (pid {server.pid}) serving {images.summary()}", flush=True)

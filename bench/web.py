@@ -38,7 +38,9 @@ One nginx (Debian's, with ``libnginx-mod-http-lua``, installed with apt-get when
 - **what each host saw**, counted by the server itself (Lua, in shared memory):
   :meth:`SyntheticWeb.host_stats` gives per host ``requests``, ``peak_concurrency`` (requests in
   flight at once, from the request line to the last byte), ``connections`` (new TCP connections),
-  ``sent_429``, ``sent_503``, ``bytes`` and ``status_<code>`` counts; :meth:`SyntheticWeb.reset_stats`
+  ``sent_429``, ``sent_503``, ``bytes``, ``busy_ms`` (the requests' time from the request line to
+  the last byte, summed: ``busy_ms / 1000 / limit`` is how long a client held to ``limit`` requests
+  at once must have spent on that host) and ``status_<code>`` counts; :meth:`SyntheticWeb.reset_stats`
   zeroes them and re-arms the first-time 429/503s for the next contender;
 - **its own cost**: :meth:`SyntheticWeb.cpu_seconds` (master + worker, from /proc); one worker
   process is enough and keeps it low.
@@ -190,6 +192,10 @@ local stats = ngx.shared.web_stats
 stats:incr("status_" .. ngx.status .. "|" .. addr, 1, 0)
 local sent = tonumber(ngx.var.body_bytes_sent) or 0
 if sent > 0 then stats:incr("bytes|" .. addr, sent, 0) end
+-- slot time: from the request line to the last byte (or the abort), summed per host, in ms
+ngx.update_time()
+local busy = math.floor((ngx.now() - ngx.req.start_time()) * 1000 + 0.5)
+if busy > 0 then stats:incr("busy_ms|" .. addr, busy, 0) end
 """
 _STATS_LUA = """\
 local out = {}
@@ -541,6 +547,37 @@ class SyntheticWeb:
         needed = self.requests_needed()
         return max(needed[h.address] * h.latency / per_host_limit for h in self.hosts)
 
+    def slot_seconds_needed(self) -> dict[str, float]:
+        """Per host address, the seconds of server time the requests of :meth:`requests_needed` take
+        at the least: each request's latency, plus the body at the host's rate for the ones answered
+        200. New connections' handshake delays are left out (how many a client opens is its choice),
+        and so is a stall's time (how long a client waits on one is its choice too)."""
+        busy: dict[str, float] = dict.fromkeys((h.address for h in self.hosts), 0.0)
+        for url in self.urls:
+            home = self.host_of(url)
+            kind = self.trouble.get(url)
+            busy[home.address] += home.latency
+            spec = self.images.get(url)
+            if kind in ("too_many_requests", "unavailable"):
+                busy[home.address] += home.latency  # the retry
+            served = self.host_of(self.redirects[url]) if kind == "redirect" else home
+            if kind == "redirect":
+                busy[served.address] += served.latency
+            if spec is not None and served.bandwidth:
+                busy[served.address] += spec.size / served.bandwidth
+        return dict(busy)
+
+    def transfer_floor(self, per_host_limit: int) -> tuple[float, str]:
+        """(seconds, host address): :meth:`politeness_floor` with the bodies' transfer time at each
+        host's rate and the handshakes of ``per_host_limit`` connections added. Still a floor: a
+        client's own time between two requests on a slot and any Retry-After wait are left out."""
+        busy = self.slot_seconds_needed()
+        best = (0.0, "")
+        for h in self.hosts:
+            seconds = (busy.get(h.address, 0.0) + per_host_limit * h.connect_delay) / per_host_limit
+            best = max(best, (seconds, h.address))
+        return best
+
     def summary(self) -> str:
         per_host = Counter(self.host_of(u).address for u in self.urls)
         top = per_host.most_common(10)
@@ -745,7 +782,8 @@ http {{
         """Per host address, what it saw since start or :meth:`reset_stats` (only hosts asked).
 
         Fields: ``requests``, ``peak_concurrency``, ``in_flight``, ``connections``, ``sent_429``,
-        ``sent_503``, ``over_limit``, ``redirects``, ``resets``, ``stalls``, ``bytes``, ``status_<code>``.
+        ``sent_503``, ``over_limit``, ``redirects``, ``resets``, ``stalls``, ``bytes``, ``busy_ms``,
+        ``status_<code>``.
         """
         stats: dict[str, dict[str, int]] = {}
         for line in self._status("/stats").splitlines():
@@ -755,7 +793,15 @@ http {{
                 continue
             stats.setdefault(address, {})[field] = int(float(value))
         for host in stats.values():
-            for field in ("requests", "peak_concurrency", "in_flight", "connections", "sent_429", "sent_503"):
+            for field in (
+                "requests",
+                "peak_concurrency",
+                "in_flight",
+                "connections",
+                "sent_429",
+                "sent_503",
+                "busy_ms",
+            ):
                 host.setdefault(field, 0)
         return {a: s for a, s in stats.items() if s["requests"] or s["in_flight"]}
 
