@@ -22,6 +22,7 @@ import struct
 import subprocess
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -469,6 +470,28 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # clients hanging up on hostile responses is the point of most tests
+
+
+@pytest.fixture
+def redis_client() -> Any:
+    """A client of the machine's Redis, test database 13 (the per-host limits and robots.txt tests)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"no Redis at {REDIS_TEST_URL} ({exc}): these tests need the machine's Redis")
+    return client
+
+
+@pytest.fixture
+def prefix(redis_client: Any) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards (nothing else is touched)."""
+    name = f"harvest-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    for key in redis_client.scan_iter(f"{name}:*"):
+        redis_client.delete(key)
 
 
 @pytest.fixture(scope="session")

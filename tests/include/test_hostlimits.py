@@ -9,8 +9,7 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +21,12 @@ from include.harvest.hostlimits import HostLimits, LocalHostLimits, RedisHostLim
 from include.harvest.models import Status
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
+from tests.include.conftest import REDIS_TEST_URL
 
 if TYPE_CHECKING:
     from tests.include.conftest import HostileServer
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = REDIS_TEST_URL  # the database of the redis_client fixture (tests/include/conftest.py)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Longest wait for something another thread or process does; passing it means a failure (or a
 # hang caught), never a normal outcome, so a busy machine only makes a test slower.
@@ -40,26 +40,6 @@ def wait_until(condition: Callable[[], object], what: str, *, poll: float = 0.00
         if time.monotonic() > deadline:
             pytest.fail(f"waited {DEADLINE_SECONDS}s for {what}")
         time.sleep(poll)
-
-
-@pytest.fixture
-def redis_client() -> Any:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    return client
-
-
-@pytest.fixture
-def prefix(redis_client: Any) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards (nothing else is touched)."""
-    name = f"harvest-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    for key in redis_client.scan_iter(f"{name}:*"):
-        redis_client.delete(key)
 
 
 def shared(

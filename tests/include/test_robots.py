@@ -10,8 +10,7 @@ import logging
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,7 +39,6 @@ from include.harvest.robots import (
 )
 from include.harvest.settings import DEFAULT_USER_AGENT, FetchSettings
 from include.harvest.urls import parse_url
-from tests.include.conftest import REDIS_TEST_URL
 
 # Longest wait for another thread; reaching it means a hang caught, never a normal outcome.
 DEADLINE_SECONDS = 20.0
@@ -446,26 +444,6 @@ def test_a_ttl_that_is_not_positive_is_refused() -> None:
 
 
 # --- Redis: the cache shared by every worker -------------------------------------------------------
-
-
-@pytest.fixture
-def redis_client() -> Any:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_TEST_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_TEST_URL}: {exc}")
-    return client
-
-
-@pytest.fixture
-def prefix(redis_client: Any) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards (nothing else is touched)."""
-    name = f"harvest-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    for key in redis_client.scan_iter(f"{name}:*"):
-        redis_client.delete(key)
 
 
 def worker(
