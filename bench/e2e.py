@@ -120,12 +120,14 @@ def _ts(value: str | None) -> float | None:
 
 # ---- memory sampling ----------------------------------------------------------------------------
 class RssSampler:
-    """Samples the summed RSS of a process and all its descendants until :meth:`stop`."""
+    """Samples the summed RSS of a process and all its descendants until :meth:`stop`, leaving out
+    the subtrees of ``exclude`` (a server the measuring process started, say)."""
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    def __init__(self, pid: int, interval: float = 0.2, *, exclude: tuple[int, ...] = ()) -> None:
         import psutil
 
         self.root = psutil.Process(pid)
+        self.exclude = exclude
         self.interval = interval
         self.peak_total = 0
         self.peak_single = 0
@@ -144,7 +146,15 @@ class RssSampler:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return 0
+        skip: set[int] = set()
+        for pid in self.exclude:
+            try:
+                skip |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+            except psutil.NoSuchProcess:
+                continue
         for proc in procs:
+            if proc.pid in skip:
+                continue
             try:
                 rss = proc.memory_info().rss
             except psutil.NoSuchProcess:

@@ -452,45 +452,12 @@ class ConnectionProbe:
         }
 
 
-class _RssExcept(RssSampler):
-    """RssSampler over a tree, leaving out some subtrees (the nginx we started)."""
-
-    def __init__(self, pid: int, exclude: list[int]) -> None:
-        self.exclude = exclude
-        super().__init__(pid)
-
-    def sample(self) -> int:
-        import psutil
-
-        skip: set[int] = set()
-        for pid in self.exclude:
-            try:
-                skip |= {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
-            except psutil.NoSuchProcess:
-                continue
-        total = count = 0
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            if proc.pid in skip:
-                continue
-            try:
-                rss = proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-            total += rss
-            count += 1
-            self.peak_single = max(self.peak_single, rss)
-        self.peak_total = max(self.peak_total, total)
-        self.peak_processes = max(self.peak_processes, count)
-        self.samples += 1
-        return total
-
-
 # ---- the CLI --------------------------------------------------------------------------------------
 def _raw_with_figures(server: Nginx, urls: list[str], threads: int, processes: int) -> dict[str, Any]:
     from bench.raw import run_raw
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sampler = _RssExcept(os.getpid(), exclude=[server.pid] if server.pid else [])
+    sampler = RssSampler(os.getpid(), exclude=(server.pid,) if server.pid else ())
     probe = ConnectionProbe(server.base_url)
     try:
         with probe.watch():

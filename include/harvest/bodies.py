@@ -46,6 +46,14 @@ class Body:
         self.hasher.update(chunk)
         self.size += len(chunk)
 
+    def read_all(self) -> bytes:
+        """The whole body as bytes, then closed (small answers: a URL list, a robots.txt)."""
+        try:
+            self.file.seek(0)
+            return self.file.read()
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.file.close()
 

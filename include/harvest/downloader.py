@@ -52,11 +52,7 @@ class Downloader:
         fetched = self._robots_exchange.download(parse_target(url), {}, Trace(url), batch_deadline=None)
         if fetched.body is None:  # not asked conditionally: only a 304 comes without a body
             return RobotsFile(fetched.http_status)
-        try:
-            fetched.body.file.seek(0)
-            return RobotsFile(fetched.http_status, fetched.body.file.read())
-        finally:
-            fetched.body.close()
+        return RobotsFile(fetched.http_status, fetched.body.read_all())
 
     def fetch_one(
         self,

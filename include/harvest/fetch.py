@@ -108,11 +108,7 @@ def fetch_bytes(url: str, settings: FetchSettings, *, max_bytes: int) -> bytes:
             raise HttpError(
                 f"server answered {fetched.http_status} without a body", http_status=trace.http_status
             )
-        try:
-            fetched.body.file.seek(0)
-            return fetched.body.file.read()
-        finally:
-            fetched.body.close()
+        return fetched.body.read_all()
     finally:
         exchange.close()
 

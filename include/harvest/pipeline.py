@@ -267,12 +267,6 @@ def plan(
     return planned
 
 
-def _stage(connect: Connect, dag_run_id: str, batch: int, batch_results: Sequence[Result]) -> None:
-    """Stage results in Postgres as they are known, so the reduce does not read them all at the end."""
-    with closing(connect()) as conn:
-        results.stage_results(conn, dag_run_id, batch, batch_results)
-
-
 def download(
     batch: Mapping[str, Any],
     *,
@@ -352,7 +346,10 @@ def download(
             "this batch was planned by an earlier version of Harvest, whose reduce read result files: "
             "clear the whole run (from read_sources) to download it again"
         )
-    _stage(connect, batch["dag_run_id"], batch["index"], batch_results)
+    # Staged now, in Postgres, so the reduce does not read every batch's results at the end. (A
+    # connection of its own: the one of load_previous is not held open across the downloads.)
+    with closing(connect()) as conn:
+        results.stage_results(conn, batch["dag_run_id"], batch["index"], batch_results)
     if partial_uri:
         checkpoints.discard_checkpoint(partial_uri, log=log)
     counts: dict[str, int] = {}
