@@ -1,8 +1,8 @@
 """The download engine's front door: many URLs in, exactly one :class:`Result` per URL out, in input
 order.
 
-A batch runs ``concurrency`` threads over one queue of URLs, interleaved by host; each URL goes
-through :class:`~include.harvest.downloader.Downloader` (one URL start to finish), which uses
+A batch runs ``concurrency`` threads that take URLs from a :class:`~include.harvest.frontier.Frontier`
+(a URL of a host with a free slot, the busiest host first); each URL goes through :class:`~include.harvest.downloader.Downloader` (one URL start to finish), which uses
 :mod:`.exchange` (attempts, redirects, retries over HTTP), :mod:`.connections` (pools, timeouts,
 the total deadline), :mod:`.bodies` (reading within the caps), :mod:`.answers` (what a status
 means), :mod:`.guard` (SSRF), :mod:`.hostlimits` (per-host politeness), :mod:`.content` (is it an
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections import defaultdict
@@ -27,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from include.harvest.downloader import Downloader
 from include.harvest.errors import HttpError
 from include.harvest.exchange import Exchange, Trace
+from include.harvest.frontier import Frontier
 from include.harvest.guard import parse_target
 from include.harvest.hostlimits import HostLimits, host_limits_for
 from include.harvest.models import Result, UrlItem
@@ -124,16 +124,14 @@ def _run_all(
     started: float,
     on_result: Callable[[Result], None] | None = None,
 ) -> None:
-    """``concurrency`` threads pull URLs from one queue and file their results; this thread only
+    """``concurrency`` threads take URLs from the frontier and file their results; this thread only
     wakes up to report progress.
 
     One long-lived task per thread rather than one future per URL: waiting on tens of thousands of
     futures (or waking up for each result) costs more GIL time than the downloads themselves.
     """
     workers = max(1, min(downloader.settings.concurrency, len(items)))
-    todo: queue.SimpleQueue[UrlItem] = queue.SimpleQueue()
-    for item in _interleave_hosts(items):
-        todo.put(item)
+    frontier = Frontier(items, downloader.exchange.limits, per_host=downloader.settings.per_host_concurrency)
     stop = threading.Event()
     all_done = threading.Event()
     errors: list[BaseException] = []
@@ -143,11 +141,13 @@ def _run_all(
     def work() -> None:
         try:
             while not stop.is_set():
-                try:
-                    item = todo.get_nowait()
-                except queue.Empty:
+                item = frontier.take()
+                if item is None:
                     return
-                result = downloader.fetch_one(item, store, previous.get(item.url), deadline)
+                try:
+                    result = downloader.fetch_one(item, store, previous.get(item.url), deadline)
+                finally:
+                    frontier.done(item)
                 results[item.url] = result
                 if on_result is not None:
                     on_result(result)
@@ -192,18 +192,3 @@ def _log_progress(
         failed,
         detail,
     )
-
-
-def _interleave_hosts(items: list[UrlItem]) -> list[UrlItem]:
-    """Round-robin over hosts so one slow or paused host does not hold every thread at once."""
-    by_host: dict[str, list[UrlItem]] = defaultdict(list)
-    for item in items:
-        # A rough host (authority) is enough to group by, and far cheaper than parsing every URL.
-        by_host[item.url.partition("://")[2].partition("/")[0].lower()].append(item)
-    if len(by_host) == 1:
-        return items
-    queues = list(by_host.values())
-    ordered: list[UrlItem] = []
-    for i in range(max(len(q) for q in queues)):
-        ordered.extend(q[i] for q in queues if i < len(q))
-    return ordered

@@ -77,6 +77,15 @@ class HostLimits(Protocol):
 
     def release(self, lease: Lease) -> None: ...
 
+    def has_room(self, host: str) -> bool:
+        """A hint, at once and without asking Redis: would a request to ``host`` get a slot now?
+
+        False while this process knows the host is paused, or holds every slot of it, or already has
+        a thread waiting for one. The batch uses it to hand a thread another host's URL rather than
+        a wait (:mod:`.frontier`); a wrong hint costs a wait, never a slot over the limit.
+        """
+        ...
+
     def pause(self, host: str, seconds: float) -> None:
         """Hold every request to ``host`` for ``seconds`` (never shortens a longer pause)."""
         ...
@@ -179,6 +188,13 @@ class LocalHostLimits:
             else:
                 self._forget_if_idle(lease.host, state)
 
+    def has_room(self, host: str) -> bool:
+        with self._lock:
+            if self._paused_until.get(host, 0.0) > time.monotonic():
+                return False
+            state = self._hosts.get(host)
+            return state is None or (not state.waiting and state.in_use < self.per_host)
+
     def _forget_if_idle(self, host: str, state: _LocalHost) -> None:
         # Called with the lock held: a batch of millions of hosts must not keep one entry each.
         if not state.in_use and not state.waiting:
@@ -277,6 +293,7 @@ class RedisHostLimits:
         self._in_use: dict[str, _HeldLease] = {}
         self._held: dict[str, int] = {}  # host -> leases held (in use or idle) or being asked for
         self._released: dict[str, threading.Condition] = {}  # host -> threads waiting for one of ours
+        self._waiting: dict[str, int] = {}  # host -> threads of this process waiting for a slot
         self._sweeping = False
         self._pause_seen: dict[str, tuple[float, float]] = {}  # host -> (checked at, paused until)
         # If Redis goes away mid-batch, keep fetching politely with this process's own limits.
@@ -397,7 +414,27 @@ class RedisHostLimits:
             released = self._released.get(host)
             if released is None:
                 released = self._released[host] = threading.Condition(self._lock)
-            released.wait(timeout)
+            self._waiting[host] = self._waiting.get(host, 0) + 1
+            try:
+                released.wait(timeout)
+            finally:
+                left = self._waiting[host] - 1
+                if left:
+                    self._waiting[host] = left
+                else:
+                    del self._waiting[host]
+
+    def has_room(self, host: str) -> bool:
+        if not self._redis_up():
+            return self._fallback.has_room(host)
+        now = time.monotonic()
+        with self._lock:
+            seen = self._pause_seen.get(host)
+            if seen is not None and seen[1] > now:
+                return False
+            if self._waiting.get(host):
+                return False
+            return bool(self._idle.get(host)) or self._held.get(host, 0) < self.per_host
 
     def _pause_left(self, host: str, now: float) -> float:
         """Seconds the host is still paused, from a recent look at Redis (or a fresh one)."""

@@ -442,3 +442,47 @@ def test_a_thread_with_a_crawl_delay_does_not_swallow_a_wake_up() -> None:
     delayed.join()
     assert granted["delayed"] is not None
     limits.release(granted["delayed"])
+
+
+def test_local_has_room_until_the_host_is_full_or_paused() -> None:
+    limits = LocalHostLimits(per_host=2)
+    assert limits.has_room("a.example")
+    first = limits.acquire("a.example")
+    assert limits.has_room("a.example")
+    second = limits.acquire("a.example")
+    assert not limits.has_room("a.example"), "both slots are in use"
+    assert limits.has_room("b.example"), "one full host says nothing of another"
+    assert first is not None and second is not None
+    limits.release(first)
+    assert limits.has_room("a.example")
+    limits.pause("b.example", 30)
+    assert not limits.has_room("b.example"), "a paused host has no room however many slots are free"
+
+
+def test_redis_has_room_is_false_while_a_thread_waits_for_a_slot_held_elsewhere(
+    redis_client: Any, prefix: str
+) -> None:
+    here = shared(redis_client, prefix, per_host=1)
+    elsewhere = shared(redis_client, prefix, per_host=1)  # another worker process
+    held = elsewhere.acquire("busy.example")
+    assert held is not None
+    assert here.has_room("busy.example"), "this process cannot know yet: it has not asked Redis"
+    got: list[object] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(here.acquire("busy.example", deadline=time.monotonic() + DEADLINE_SECONDS))
+    )
+    waiter.start()
+    try:
+        wait_until(lambda: not here.has_room("busy.example"), "the waiting thread to mark the host busy")
+        assert here.has_room("free.example")
+    finally:
+        elsewhere.release(held)
+        waiter.join(DEADLINE_SECONDS)
+    assert got and got[0] is not None, "the waiting thread got the slot once it was released"
+
+
+def test_redis_has_room_is_false_while_the_host_is_paused(redis_client: Any, prefix: str) -> None:
+    limits = shared(redis_client, prefix)
+    limits.pause("slow.example", 30)
+    assert not limits.has_room("slow.example")
+    assert limits.has_room("other.example")

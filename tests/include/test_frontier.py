@@ -1,0 +1,187 @@
+"""Which URL a fetch thread takes next (:mod:`include.harvest.frontier`), on its own and in a batch
+over real sockets: no thread waits for a busy host's slot while another host's URLs wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+import pytest
+
+from include.harvest.fetch import fetch_batch
+from include.harvest.frontier import Frontier, host_key
+from include.harvest.hostlimits import Lease, LocalHostLimits
+from include.harvest.models import Status, UrlItem
+from include.harvest.settings import FetchSettings
+from include.harvest.storage import ContentAddressedStore
+
+if TYPE_CHECKING:
+    from tests.include.conftest import Images
+
+
+def items(host: str, count: int) -> list[UrlItem]:
+    return [UrlItem(f"https://{host}/img/{n}.jpg") for n in range(count)]
+
+
+def hosts_of(taken: list[UrlItem | None]) -> list[str]:
+    return [host_key(item.url) if item else "-" for item in taken]
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://Images.Example.COM/a.jpg", "images.example.com"),
+        ("http://user:pw@example.com:8080/a.jpg", "example.com"),
+        ("http://[2001:db8::1]:8443/a.jpg", "2001:db8::1"),
+        ("http://127.0.1.92?x=1", "127.0.1.92"),
+        ("http://example.com#frag", "example.com"),
+    ],
+)
+def test_host_key_matches_the_host_the_limits_are_kept_for(url: str, host: str) -> None:
+    assert host_key(url) == host
+
+
+def test_the_busiest_host_is_started_first_and_hosts_fill_up_to_their_limit() -> None:
+    frontier = Frontier(
+        items("small.example", 2) + items("big.example", 5) + items("mid.example", 3),
+        LocalHostLimits(per_host=2),
+        per_host=2,
+    )
+    taken = [frontier.take() for _ in range(6)]
+    assert hosts_of(taken) == ["big.example"] * 2 + ["mid.example"] * 2 + ["small.example"] * 2
+
+
+def test_a_finished_url_frees_its_hosts_place() -> None:
+    frontier = Frontier(
+        items("big.example", 3) + items("small.example", 3), LocalHostLimits(per_host=1), per_host=1
+    )
+    first = frontier.take()
+    assert hosts_of([first, frontier.take()]) == ["big.example", "small.example"]
+    assert first is not None
+    frontier.done(first)
+    assert hosts_of([frontier.take()]) == ["big.example"]
+
+
+def test_a_paused_host_is_passed_over_while_another_has_urls() -> None:
+    limits = LocalHostLimits(per_host=8)
+    limits.pause("big.example", 60)  # a 429 with Retry-After, say
+    frontier = Frontier(items("big.example", 3) + items("small.example", 1), limits, per_host=8)
+    assert hosts_of([frontier.take()]) == ["small.example"]
+    # Nothing else left: the thread takes the paused host's URL and will wait out the pause.
+    assert hosts_of([frontier.take()]) == ["big.example"]
+
+
+def test_a_host_whose_slots_are_held_elsewhere_is_passed_over() -> None:
+    limits = LocalHostLimits(per_host=1)
+    held = limits.acquire("big.example")  # by a thread of another batch in this process
+    assert isinstance(held, Lease)
+    frontier = Frontier(items("big.example", 2) + items("small.example", 1), limits, per_host=1)
+    assert hosts_of([frontier.take()]) == ["small.example"]
+
+
+def test_every_url_is_handed_out_once_then_none() -> None:
+    batch = (
+        items("a.example", 4) + items("b.example", 3) + [UrlItem("not a url"), UrlItem("https://c.example/x")]
+    )
+    frontier = Frontier(batch, LocalHostLimits(per_host=1), per_host=1)
+    taken = []
+    while (item := frontier.take()) is not None:
+        taken.append(item)  # never done(): the busy hosts' URLs still come out, to wait on
+    assert sorted(item.url for item in taken) == sorted(item.url for item in batch)
+    assert frontier.take() is None
+
+
+class _SlowHosts:
+    """One HTTP server per loopback address, each answering after its own delay."""
+
+    def __init__(self, png: bytes, delays: dict[str, float]) -> None:
+        self.servers: dict[str, ThreadingHTTPServer] = {}
+        for address, delay in delays.items():
+            handler = _handler(png, delay)
+            server = ThreadingHTTPServer((address, 0), handler)
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+            self.servers[address] = server
+
+    def urls(self, address: str, count: int) -> list[str]:
+        port = self.servers[address].server_address[1]
+        return [f"http://{address}:{port}/{n}.png" for n in range(count)]
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+def _handler(png: bytes, delay: float) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+    return Handler
+
+
+@pytest.fixture
+def slow_hosts(images: Images) -> Iterator[_SlowHosts]:
+    hosts = _SlowHosts(images.png, {"127.0.0.2": 0.3, "127.0.0.3": 0.03, "127.0.0.4": 0.03})
+    yield hosts
+    hosts.close()
+
+
+class _WaitLog(LocalHostLimits):
+    """The real limits, noting when each acquire starts and whether it has to wait for a slot."""
+
+    def __init__(self, per_host: int) -> None:
+        super().__init__(per_host)
+        self.calls: list[tuple[float, str, bool]] = []  # (monotonic, host, had to wait)
+        self._calls_lock = threading.Lock()
+
+    def acquire(
+        self, host: str, *, deadline: float | None = None, crawl_delay: float | None = None
+    ) -> Lease | None:
+        waits = not self.has_room(host)
+        with self._calls_lock:
+            self.calls.append((time.monotonic(), host, waits))
+        return super().acquire(host, deadline=deadline, crawl_delay=crawl_delay)
+
+
+def test_no_thread_waits_for_a_slow_hosts_slot_while_other_hosts_have_urls(
+    slow_hosts: _SlowHosts, store: ContentAddressedStore
+) -> None:
+    # A slow host with few URLs beside two fast hosts with many; 2 requests per host and 6 threads:
+    # enough threads to keep every host at its limit and none over. With one queue interleaved by
+    # host, the slow host's next URLs come up every third URL and threads queue for its slots
+    # within the first 50 ms, while the fast hosts' URLs wait behind them.
+    urls = (
+        slow_hosts.urls("127.0.0.2", 6) + slow_hosts.urls("127.0.0.3", 30) + slow_hosts.urls("127.0.0.4", 30)
+    )
+    limits = _WaitLog(per_host=2)
+    settings = FetchSettings(
+        concurrency=6,
+        per_host_concurrency=2,
+        respect_robots_txt=False,
+        allow_hosts=("127.0.0.0/8",),
+        total_timeout=10.0,
+    )
+    results = fetch_batch(urls, settings, store=store, limits=limits)
+
+    assert [r.status for r in results] == [Status.OK] * len(urls)
+    last_fast_start = max(at for at, host, _ in limits.calls if host != "127.0.0.2")
+    early_waits = [(at, host) for at, host, waits in limits.calls if waits and at < last_fast_start - 0.1]
+    assert not early_waits, (
+        f"{len(early_waits)} threads waited for a busy host's slot while the fast hosts still had URLs "
+        f"(the last of which started {last_fast_start - limits.calls[0][0]:.2f}s in)"
+    )
