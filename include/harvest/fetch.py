@@ -2,7 +2,8 @@
 order.
 
 A batch runs ``concurrency`` threads that take URLs from a :class:`~include.harvest.frontier.Frontier`
-(a URL of a host with a free slot, the busiest host first); each URL goes through :class:`~include.harvest.downloader.Downloader` (one URL start to finish), which uses
+(a URL of a host with a free slot, hosts served in proportion to their URLs left); each URL goes
+through :class:`~include.harvest.downloader.Downloader` (one URL start to finish), which uses
 :mod:`.exchange` (attempts, redirects, retries over HTTP), :mod:`.connections` (pools, timeouts,
 the total deadline), :mod:`.bodies` (reading within the caps), :mod:`.answers` (what a status
 means), :mod:`.guard` (SSRF), :mod:`.hostlimits` (per-host politeness), :mod:`.content` (is it an
@@ -131,7 +132,9 @@ def _run_all(
     futures (or waking up for each result) costs more GIL time than the downloads themselves.
     """
     workers = max(1, min(downloader.settings.concurrency, len(items)))
-    frontier = Frontier(items, downloader.exchange.limits, per_host=downloader.settings.per_host_concurrency)
+    frontier = Frontier(
+        items, downloader.exchange.limits, per_host=downloader.settings.per_host_concurrency, threads=workers
+    )
     stop = threading.Event()
     all_done = threading.Event()
     errors: list[BaseException] = []

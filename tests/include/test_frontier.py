@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -49,14 +50,28 @@ def test_the_busiest_host_is_started_first_and_hosts_fill_up_to_their_limit() ->
         items("small.example", 2) + items("big.example", 5) + items("mid.example", 3),
         LocalHostLimits(per_host=2),
         per_host=2,
+        threads=6,
     )
     taken = [frontier.take() for _ in range(6)]
     assert hosts_of(taken) == ["big.example"] * 2 + ["mid.example"] * 2 + ["small.example"] * 2
 
 
+def test_hosts_get_threads_in_proportion_to_their_urls_left_not_all_up_to_the_limit() -> None:
+    # A host with two URLs left is served as fast by one kept-alive connection as by two new ones
+    # (each a handshake); the big host gets the rest of the threads, up to its per-host limit.
+    small = [f"s{n}.example" for n in range(4)]
+    batch = items("big.example", 40) + [item for host in small for item in items(host, 2)]
+    frontier = Frontier(batch, LocalHostLimits(per_host=8), per_host=8, threads=12)
+    taken = Counter(hosts_of([frontier.take() for _ in range(12)]))
+    assert taken == {"big.example": 8, **{host: 1 for host in small}}
+
+
 def test_a_finished_url_frees_its_hosts_place() -> None:
     frontier = Frontier(
-        items("big.example", 3) + items("small.example", 3), LocalHostLimits(per_host=1), per_host=1
+        items("big.example", 3) + items("small.example", 3),
+        LocalHostLimits(per_host=1),
+        per_host=1,
+        threads=2,
     )
     first = frontier.take()
     assert hosts_of([first, frontier.take()]) == ["big.example", "small.example"]
@@ -68,7 +83,7 @@ def test_a_finished_url_frees_its_hosts_place() -> None:
 def test_a_paused_host_is_passed_over_while_another_has_urls() -> None:
     limits = LocalHostLimits(per_host=8)
     limits.pause("big.example", 60)  # a 429 with Retry-After, say
-    frontier = Frontier(items("big.example", 3) + items("small.example", 1), limits, per_host=8)
+    frontier = Frontier(items("big.example", 3) + items("small.example", 1), limits, per_host=8, threads=4)
     assert hosts_of([frontier.take()]) == ["small.example"]
     # Nothing else left: the thread takes the paused host's URL and will wait out the pause.
     assert hosts_of([frontier.take()]) == ["big.example"]
@@ -78,7 +93,7 @@ def test_a_host_whose_slots_are_held_elsewhere_is_passed_over() -> None:
     limits = LocalHostLimits(per_host=1)
     held = limits.acquire("big.example")  # by a thread of another batch in this process
     assert isinstance(held, Lease)
-    frontier = Frontier(items("big.example", 2) + items("small.example", 1), limits, per_host=1)
+    frontier = Frontier(items("big.example", 2) + items("small.example", 1), limits, per_host=1, threads=4)
     assert hosts_of([frontier.take()]) == ["small.example"]
 
 
@@ -86,7 +101,7 @@ def test_every_url_is_handed_out_once_then_none() -> None:
     batch = (
         items("a.example", 4) + items("b.example", 3) + [UrlItem("not a url"), UrlItem("https://c.example/x")]
     )
-    frontier = Frontier(batch, LocalHostLimits(per_host=1), per_host=1)
+    frontier = Frontier(batch, LocalHostLimits(per_host=1), per_host=1, threads=2)
     taken = []
     while (item := frontier.take()) is not None:
         taken.append(item)  # never done(): the busy hosts' URLs still come out, to wait on
