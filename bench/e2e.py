@@ -1136,9 +1136,9 @@ def harvest_time_reasons(report: dict[str, Any], budget_s: float) -> tuple[list[
                 f"({served:.0f}s / {lanes} = {served / lanes:.1f}s) and the stall tails ({waves} wave(s) × "
                 f"{longest_s:.1f}s = {tail_bound:.1f}s) each fit in the {budget_s:.1f}s budget, the URLs' thread time "
                 f"({held:.0f}s / {lanes} = {held / lanes:.1f}s) does not: its {held - served:.0f} thread-seconds "
-                f"off the servers are the excess. A fetch thread that takes another host's URL instead of "
-                f"waiting for a full host's slot (the per-host limit unchanged), or more threads per batch, "
-                f"attacks that part; whether both bounds are met at once is for a run to show"
+                f"off the servers are the excess (handshakes, back-off and Retry-After waits held in a thread, "
+                f"the client's own work). More threads per batch, or retries that wait without holding a "
+                f"thread, attack that part; whether both bounds are met at once is for a run to show"
             )
         reasons.append(
             f"tail: the last fetched URL ended {rows.get('ok_done_s', {}).get('all')}s after the trigger "
