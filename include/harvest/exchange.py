@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import urllib3
@@ -87,9 +87,6 @@ class Exchange:
         )
         rng = random.Random()
         self._jitter = lambda ceiling: rng.uniform(0, ceiling)  # one C call: safe across threads
-        # Called with a monotonic deadline while a URL waits for its retry (back-off, Retry-After), so
-        # that its fetch thread fetches other URLs meanwhile instead of sleeping (see fetch._run_all).
-        self.fill_wait: Callable[[float], None] | None = None
 
     def close(self) -> None:
         self.connections.close()
@@ -112,17 +109,7 @@ class Exchange:
                 self.log.debug(
                     "%s: attempt %d failed (%s); retrying in %.2fs", trace.url, trace.attempts, exc, delay
                 )
-                self._wait(delay)
-
-    def _wait(self, seconds: float) -> None:
-        """Wait ``seconds`` before a retry; with :attr:`fill_wait` set, the thread does other work
-        meanwhile (it returns at the deadline it is given, or when there is no work that fits)."""
-        until = time.monotonic() + seconds
-        if self.fill_wait is not None:
-            self.fill_wait(until)
-        left = until - time.monotonic()
-        if left > 0:
-            time.sleep(left)
+                time.sleep(delay)
 
     def _attempt(
         self, target: Target, extra_headers: Mapping[str, str], trace: Trace, batch_deadline: float | None

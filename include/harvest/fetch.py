@@ -141,45 +141,19 @@ def _run_all(
     running = [workers]
     running_lock = threading.Lock()
 
-    def fetch(item: UrlItem) -> None:
-        try:
-            result = downloader.fetch_one(item, store, previous.get(item.url), deadline)
-        finally:
-            frontier.done(item)
-        results[item.url] = result
-        if on_result is not None:
-            on_result(result)
-
-    filling = threading.local()
-
-    def fill_wait(until: float) -> None:
-        # While one of its URLs waits for a retry (back-off, Retry-After), a thread fetches URLs of
-        # hosts with room until the retry is due: a wait does not hold a fetch thread idle. One level
-        # deep: a URL fetched here that must retry sleeps through its own wait.
-        if getattr(filling, "active", False):
-            return
-        filling.active = True
-        try:
-            while time.monotonic() < until and not stop.is_set():
-                item = frontier.take(may_wait=False)
-                if item is None:
-                    return
-                fetch(item)
-        except BaseException as exc:  # not the waiting URL's failure: the batch stops, as below
-            errors.append(exc)
-            stop.set()
-        finally:
-            filling.active = False
-
-    downloader.exchange.fill_wait = fill_wait
-
     def work() -> None:
         try:
             while not stop.is_set():
                 item = frontier.take()
                 if item is None:
                     return
-                fetch(item)
+                try:
+                    result = downloader.fetch_one(item, store, previous.get(item.url), deadline)
+                finally:
+                    frontier.done(item)
+                results[item.url] = result
+                if on_result is not None:
+                    on_result(result)
         except BaseException as exc:  # storage failure: the batch stops and the error is raised
             errors.append(exc)
             stop.set()

@@ -52,22 +52,19 @@ class Frontier:
         self._threads = threads
         self._lock = threading.Lock()
 
-    def take(self, *, may_wait: bool = True) -> UrlItem | None:
-        """The next URL to fetch, or None when every URL has been handed out (or, with ``may_wait``
-        false, when none is of a host with room: for a thread with something else to come back to).
+    def take(self) -> UrlItem | None:
+        """The next URL to fetch, or None when every URL has been handed out.
 
         Every URL taken must be handed back to :meth:`done` once its result is filed.
         """
         with self._lock:
             if not self._pending:
                 return None
-            host = self._first_with_room(self._share) or self._first_with_room(
-                lambda _pending: self._per_host
+            host = (
+                self._first_with_room(self._share)
+                or self._first_with_room(lambda _pending: self._per_host)
+                or next(iter(self._pending))  # every host is busy: wait for the biggest one's slot
             )
-            if host is None:
-                if not may_wait:
-                    return None
-                host = next(iter(self._pending))  # every host is busy: wait for the biggest one's slot
             pending = self._pending[host]
             item = pending.popleft()
             if not pending:

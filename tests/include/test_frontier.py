@@ -110,32 +110,20 @@ def test_every_url_is_handed_out_once_then_none() -> None:
 
 
 class _SlowHosts:
-    """One HTTP server per loopback address, each answering after its own delay; ``/wait.png`` is
-    answered 429 with ``Retry-After: 1`` the first time. Every request is logged with its time."""
+    """One HTTP server per loopback address, each answering after its own delay."""
 
     def __init__(self, png: bytes, delays: dict[str, float]) -> None:
         self.servers: dict[str, ThreadingHTTPServer] = {}
-        self.requests: list[tuple[float, str, str, int]] = []  # (monotonic, address, path, status)
         for address, delay in delays.items():
-            server = ThreadingHTTPServer((address, 0), _handler(self, address, png, delay))
+            handler = _handler(png, delay)
+            server = ThreadingHTTPServer((address, 0), handler)
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
             self.servers[address] = server
 
     def urls(self, address: str, count: int) -> list[str]:
-        return [self.url(address, f"/{n}.png") for n in range(count)]
-
-    def url(self, address: str, path: str) -> str:
-        return f"http://{address}:{self.servers[address].server_address[1]}{path}"
-
-    def answered(self, address: str, path: str) -> int:
-        """The status of this request: 429 for the first ``/wait.png``, 200 otherwise (and log it)."""
-        first_wait = path == "/wait.png" and not any(
-            p == path and a == address for _, a, p, _ in self.requests
-        )
-        status = 429 if first_wait else 200
-        self.requests.append((time.monotonic(), address, path, status))
-        return status
+        port = self.servers[address].server_address[1]
+        return [f"http://{address}:{port}/{n}.png" for n in range(count)]
 
     def close(self) -> None:
         for server in self.servers.values():
@@ -143,9 +131,7 @@ class _SlowHosts:
             server.server_close()
 
 
-def _handler(hosts: _SlowHosts, address: str, png: bytes, delay: float) -> type[BaseHTTPRequestHandler]:
-    lock = threading.Lock()
-
+def _handler(png: bytes, delay: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -154,16 +140,11 @@ def _handler(hosts: _SlowHosts, address: str, png: bytes, delay: float) -> type[
 
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
             time.sleep(delay)
-            with lock:
-                status = hosts.answered(address, self.path)
-            body = png if status == 200 else b"slow down"
-            self.send_response(status)
-            self.send_header("Content-Type", "image/png" if status == 200 else "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            if status == 429:
-                self.send_header("Retry-After", "1")
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(png)
 
     return Handler
 
@@ -218,32 +199,4 @@ def test_no_thread_waits_for_a_slow_hosts_slot_while_other_hosts_have_urls(
     assert not early_waits, (
         f"{len(early_waits)} threads waited for a busy host's slot while the fast hosts still had URLs "
         f"(the last of which started {last_fast_start - limits.calls[0][0]:.2f}s in)"
-    )
-
-
-def test_a_thread_whose_url_waits_for_a_retry_fetches_other_urls_meanwhile(
-    slow_hosts: _SlowHosts, store: ContentAddressedStore
-) -> None:
-    # One thread. The first URL (of the bigger host) is answered 429 Retry-After: 1: instead of
-    # sleeping through that second, the thread fetches the other host's URLs, then retries.
-    waiting = slow_hosts.url("127.0.0.3", "/wait.png")
-    urls = [waiting, *slow_hosts.urls("127.0.0.3", 4), *slow_hosts.urls("127.0.0.4", 3)]
-    settings = FetchSettings(
-        concurrency=1,
-        per_host_concurrency=1,
-        respect_robots_txt=False,
-        allow_hosts=("127.0.0.0/8",),
-        backoff_base=0.01,
-    )
-    results = fetch_batch(urls, settings, store=store)
-
-    assert [r.status for r in results] == [Status.OK] * len(urls)
-    assert results[0].attempts == 2
-    log = slow_hosts.requests
-    throttled_at = next(at for at, _, path, status in log if path == "/wait.png" and status == 429)
-    retried_at = next(at for at, _, path, status in log if path == "/wait.png" and status == 200)
-    assert retried_at - throttled_at >= 1.0, "the Retry-After second was honoured"
-    meanwhile = [(address, path) for at, address, path, _ in log if throttled_at < at < retried_at]
-    assert sorted(meanwhile) == sorted(("127.0.0.4", f"/{n}.png") for n in range(3)), (
-        "during the wait the thread fetched the other host's URLs (and nothing of the paused host)"
     )
