@@ -92,7 +92,7 @@ PARAMS = {
         maximum=100_000,
         title="Batch size",
         description=(
-            "URLs per mapped task. Empty: sized from the list and the worker slots (two batches per "
+            "URLs per mapped task. Empty: sized from the list and the worker slots (one batch per "
             "slot, 500 to 10,000 URLs each; grown so a run stays within 1024 batches)."
         ),
     ),

@@ -60,11 +60,11 @@ class Frontier:
         with self._lock:
             if not self._pending:
                 return None
-            host = (
-                self._first_with_room(self._share)
-                or self._first_with_room(lambda _pending: self._per_host)
-                or next(iter(self._pending))  # every host is busy: wait for the biggest one's slot
-            )
+            host = self._first_with_room(self._share)
+            if host is None:
+                host = self._first_with_room(lambda _pending: self._per_host)
+            if host is None:
+                host = next(iter(self._pending))  # every host is busy: wait for the biggest one's slot
             pending = self._pending[host]
             item = pending.popleft()
             if not pending:

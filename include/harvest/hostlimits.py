@@ -189,11 +189,12 @@ class LocalHostLimits:
                 self._forget_if_idle(lease.host, state)
 
     def has_room(self, host: str) -> bool:
-        with self._lock:
-            if self._paused_until.get(host, 0.0) > time.monotonic():
-                return False
-            state = self._hosts.get(host)
-            return state is None or (not state.waiting and state.in_use < self.per_host)
+        # Without the lock: a hint may be a moment stale, and every pick of the frontier asks, while
+        # every request of every thread takes this lock twice already (single dict reads are atomic).
+        if self._paused_until.get(host, 0.0) > time.monotonic():
+            return False
+        state = self._hosts.get(host)
+        return state is None or (not state.waiting and state.in_use < self.per_host)
 
     def _forget_if_idle(self, host: str, state: _LocalHost) -> None:
         # Called with the lock held: a batch of millions of hosts must not keep one entry each.
@@ -427,14 +428,13 @@ class RedisHostLimits:
     def has_room(self, host: str) -> bool:
         if not self._redis_up():
             return self._fallback.has_room(host)
-        now = time.monotonic()
-        with self._lock:
-            seen = self._pause_seen.get(host)
-            if seen is not None and seen[1] > now:
-                return False
-            if self._waiting.get(host):
-                return False
-            return bool(self._idle.get(host)) or self._held.get(host, 0) < self.per_host
+        # Without the lock, as in LocalHostLimits.has_room: single dict reads, a hint.
+        seen = self._pause_seen.get(host)
+        if seen is not None and seen[1] > time.monotonic():
+            return False
+        if self._waiting.get(host):
+            return False
+        return bool(self._idle.get(host)) or self._held.get(host, 0) < self.per_host
 
     def _pause_left(self, host: str, now: float) -> float:
         """Seconds the host is still paused, from a recent look at Redis (or a fresh one)."""

@@ -9,8 +9,8 @@ Sizing rule, for ``n`` URLs:
 
 1. start from ``batch_size`` if given; else, knowing the deployment's ``worker_slots`` (Celery task
    slots over all workers), size for :data:`WAVES` batches per slot: ``ceil(n / (slots × WAVES))``
-   within [:data:`MIN_AUTO_BATCH`, :data:`MAX_AUTO_BATCH`], so that every slot is busy, few task
-   life cycles are paid, and a slow batch overlaps the next wave; else :data:`DEFAULT_BATCH_SIZE`;
+   within [:data:`MIN_AUTO_BATCH`, :data:`MAX_AUTO_BATCH`], so that every slot is busy and few task
+   life cycles (and batch ends) are paid; else :data:`DEFAULT_BATCH_SIZE`;
 2. if ``ceil(n / size)`` batches would exceed ``max_batches``, grow the size to
    ``ceil(n / max_batches)`` (logged as a warning when it overrides an explicit ``batch_size``);
 3. split into ``ceil(n / size)`` contiguous batches whose lengths differ by at most one, so the last
@@ -46,11 +46,14 @@ log = logging.getLogger(__name__)
 # outside the fetch, so small batches lose; from 1000 up the curve is flat, and 1000 keeps
 # progress and retries fine-grained.
 DEFAULT_BATCH_SIZE = 1000
-# Automatic sizing (worker slots known). Two waves: the sweep's best (2000 at 20,000 URLs, 4 slots:
-# 10 batches) is about two per slot, while 4000 (5 batches, one alone in a second wave) lost. The
-# bounds keep a tiny list from being cut into pieces that cost more to schedule than to fetch, and
-# a huge one from batches whose loss (a retry without checkpoints) or memory would hurt.
-WAVES = 2
+# Automatic sizing (worker slots known). One wave: each slot gets one batch, so each pays the end of
+# a batch (threads idle while its last URLs, often a stalled server's, finish) once. On the
+# realistic web (bench/README.md, 20,000 URLs, 2 slots) one wave ran at 158 and 171 URLs/s against
+# 148-152 for two waves; on loopback the two were the same (404 and 406 URLs/s). A batch's threads
+# balance hosts among themselves (frontier.py), which a second wave used to do coarsely. The bounds
+# keep a tiny list from being cut into pieces that cost more to schedule than to fetch, and a huge
+# one from batches whose loss or memory would hurt (checkpoints make a retry resume).
+WAVES = 1
 MIN_AUTO_BATCH = 500
 MAX_AUTO_BATCH = 10_000
 # Airflow's default [core] max_map_length.

@@ -97,6 +97,15 @@ def test_a_host_whose_slots_are_held_elsewhere_is_passed_over() -> None:
     assert hosts_of([frontier.take()]) == ["small.example"]
 
 
+def test_a_line_without_a_host_is_handed_out_like_any_other() -> None:
+    # Its key is "" (it fails in the fetch, as rejected); an empty key must not read as "no host found".
+    frontier = Frontier(
+        [UrlItem("not a url"), *items("big.example", 3)], LocalHostLimits(per_host=1), per_host=1, threads=4
+    )
+    taken = [frontier.take() for _ in range(2)]
+    assert sorted(hosts_of(taken)) == ["", "big.example"], "a thread was sent to wait on a busy host"
+
+
 def test_every_url_is_handed_out_once_then_none() -> None:
     batch = (
         items("a.example", 4) + items("b.example", 3) + [UrlItem("not a url"), UrlItem("https://c.example/x")]

@@ -90,10 +90,11 @@ def test_describe_batch_counts_urls_and_hosts() -> None:
 @pytest.mark.parametrize(
     ("urls", "slots", "batches"),
     [
-        (20_000, 4, 8),  # two waves over 4 slots, 2,500 URLs each (was 20 task life cycles)
+        (20_000, 4, 4),  # one wave over 4 slots, 5,000 URLs each (was 20 task life cycles)
         (100_000, 4, 10),  # capped at 10,000 URLs a batch (was 100)
-        (100_000, 16, 32),  # more slots, more batches: each slot busy twice
+        (100_000, 16, 16),  # more slots, more batches: one per slot
         (2_000, 4, 4),  # never under 500 URLs: a batch must cost more to fetch than to schedule
+        (1_000, 4, 2),
         (28, 4, 1),
     ],
 )
