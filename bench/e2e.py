@@ -88,7 +88,7 @@ REPO = RESULTS_DIR.parents[1]
 BROKER_DB, COORDINATION_DB = 8, 9
 DEFAULT_URLS = 20_000
 QUICK_URLS = 2_000
-CONTENDERS = ("raw", "img2dataset", "chord", "harvest")
+CONTENDERS = ("raw", "img2dataset", "chord", "engine", "harvest")
 SWEEP_BATCH_SIZES = (250, 500, 1000, 2000, 4000)
 # Fetch threads per batch task (the DAG's `concurrency` param, 32 by default). Raw picks its best
 # thread count on this machine; this shows what the same choice does for Harvest.
@@ -905,6 +905,38 @@ def run_raw_contender(
     return figures
 
 
+def run_engine_contender(
+    urls: list[str],
+    fetchable: set[str],
+    *,
+    processes: int,
+    threads: int,
+    per_host: int,
+    harvest_env: Mapping[str, str],
+) -> dict[str, Any]:
+    """Harvest's engine alone, with the settings of Harvest's batch tasks (their environment and
+    Params), in as many processes as Harvest has worker slots: the ceiling of Harvest on this machine."""
+    import redis
+
+    from bench.engine import run_engine_processes
+    from include.harvest.settings import FetchSettings
+    from scripts.stack import DEFAULT_REDIS_SERVER, setting
+
+    redis_server = setting("HARVEST_REDIS_SERVER", DEFAULT_REDIS_SERVER)  # the Redis the stack uses
+    environ = {"HARVEST_REDIS_URL": f"{redis_server}/{COORDINATION_DB}", **harvest_env}
+    redis.Redis.from_url(
+        environ["HARVEST_REDIS_URL"]
+    ).flushdb()  # no robots.txt answers cached by a run before
+    settings = FetchSettings.from_env(environ=environ, concurrency=threads, per_host_concurrency=per_host)
+    figures = run_engine_processes(urls, settings, processes=processes)
+    outcome(figures, figures.pop("fetched_urls"), fetchable)
+    figures["notes"] = (
+        f"Harvest's engine without Airflow: fetch_batch in {processes} processes × {threads} threads, "
+        f"per_host_concurrency {per_host}, host slots and robots.txt through Redis; statuses {figures['statuses']}"
+    )
+    return figures
+
+
 def run_img2dataset_contender(
     urls: list[str],
     fetchable: set[str],
@@ -1035,7 +1067,7 @@ def harvest_time_reasons(report: dict[str, Any], budget_s: float) -> tuple[list[
     cpu_floor = cpu / cores
     others = ", ".join(
         f"{k} {1000 * float(c[k]['cpu_s']) / c[k]['urls']:.2f}"
-        for k in ("raw", "img2dataset", "chord")
+        for k in ("raw", "img2dataset", "chord", "engine")
         if _ok(c.get(k)) and c[k].get("cpu_s") is not None
     )
     reasons.append(
@@ -1049,6 +1081,30 @@ def harvest_time_reasons(report: dict[str, Any], budget_s: float) -> tuple[list[
             f"or ≥ {math.ceil(cpu / budget_s)} cores at today's CPU per URL (CPU-bound: {cpu_floor:.1f}s > "
             f"{budget_s:.1f}s)"
         )
+    engine = c.get("engine")
+    if _ok(engine):
+        assert engine is not None
+        e_cpu = float(engine["cpu_s"])
+        e_ms = 1000 * e_cpu / n
+        e_server = float(engine["server"].get("server_cpu_s") or 0)
+        e_busy = (e_cpu + e_server) / (cores * engine["seconds"])
+        reasons.append(
+            f"ceiling: Harvest's engine alone (the same work per URL and settings in {engine['processes']} "
+            f"processes × {engine['threads_per_process']} threads, no Airflow) did {engine['urls_per_s']:.0f} URLs/s "
+            f"in {engine['seconds']:.1f}s, {e_ms:.2f} ms of CPU per URL, {e_busy:.0%} of {cores} cores with the "
+            f"server's {e_server:.1f} CPU-s; around it Airflow (task life cycles, list reading and planning, "
+            f"checkpoints, staging and recording in Postgres, the scheduler) cost {wall - engine['seconds']:.1f}s "
+            f"and {cpu - e_cpu:.1f} CPU-s more"
+        )
+        if engine["seconds"] > budget_s:
+            reach.append(
+                f"out of reach on {cores} cores with today's work per URL: the engine alone, with no orchestration "
+                f"at all, took {engine['seconds']:.1f}s > {budget_s:.1f}s ({engine['urls_per_s']:.0f} < "
+                f"{n / budget_s:.0f} URLs/s needed, at {e_busy:.0%} of the cores). It takes the engine's CPU per URL "
+                f"from {e_ms:.2f} ms to ≤ {e_ms * budget_s / engine['seconds']:.2f} ms (address guard, host slots and "
+                f"robots.txt through Redis, Pillow's header check, SHA-256, the content-addressed store) before any "
+                f"orchestration, or ≥ {math.ceil(cores * engine['seconds'] / budget_s)} cores"
+            )
     web = report.get("web")
     if web:
         limit = web["per_host_limit"]
@@ -1068,7 +1124,7 @@ def harvest_time_reasons(report: dict[str, Any], budget_s: float) -> tuple[list[
         )
         others = ", ".join(
             f"{k} {c[k]['server']['requests']}/{c[k]['server']['connections']}"
-            for k in ("raw", "img2dataset", "chord")
+            for k in ("raw", "img2dataset", "chord", "engine")
             if _ok(c.get(k))
         )
         reasons.append(
@@ -1260,8 +1316,11 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     h = rates["harvest"]
     figures: dict[str, float | None] = {
         f"harvest_over_{name}": round(h / rates[name], 3) if h and rates[name] else None
-        for name in ("raw", "img2dataset", "chord")
+        for name in ("raw", "img2dataset", "chord", "engine")
     }
+    figures["engine_over_raw"] = (
+        round(rates["engine"] / rates["raw"], 3) if rates["engine"] and rates["raw"] else None
+    )
     figures["img2dataset_over_raw"] = (
         round(rates["img2dataset"] / rates["raw"], 3) if rates["img2dataset"] and rates["raw"] else None
     )
@@ -1475,7 +1534,13 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
         font=small_font,
     )
     d.text((20, 58), _ascii(summary)[:150], fill="#444", font=small_font)
-    colors = {"raw": "#8c8c8c", "img2dataset": "#1565c0", "harvest": "#2e7d32", "chord": "#c62828"}
+    colors = {
+        "raw": "#8c8c8c",
+        "img2dataset": "#1565c0",
+        "harvest": "#2e7d32",
+        "chord": "#c62828",
+        "engine": "#81c784",
+    }
     left, right = 120, width - 330
     peak = max([r["urls_per_s"] for _, r in rows] + [v for _, v, _ in marks] + [1])
     peak = max([peak] + [s["urls_per_s"] for s in sweep + thread_sweep])
@@ -1637,6 +1702,12 @@ def _base_report(args: argparse.Namespace, scenario: str, count: int) -> dict[st
     }
 
 
+def _harvest_task_env(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    """The ``HARVEST_*`` variables Harvest's batch tasks see in this benchmark (for the engine alone)."""
+    overrides = dict(item.split("=", 1) for item in args.airflow_env)
+    return {**env, **{k: v for k, v in overrides.items() if k.startswith("HARVEST_")}}
+
+
 def _harvest_bench(args: argparse.Namespace, env: dict[str, str] | None = None) -> HarvestBench:
     overrides = dict(item.split("=", 1) for item in args.airflow_env)
     return HarvestBench(worker_concurrency=args.worker_concurrency, extra_env={**(env or {}), **overrides})
@@ -1722,6 +1793,22 @@ def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: measure_loopback(
                     server,
                     lambda: run_chord_contender(urls, fetchable, client=args.chord_client, timeout=timeout),
+                ),
+            )
+        if "engine" in only:
+            attempt(
+                report,
+                "engine",
+                lambda: measure_loopback(
+                    server,
+                    lambda: run_engine_contender(
+                        urls,
+                        fetchable,
+                        processes=slots,
+                        threads=threads,
+                        per_host=BENCH_PER_HOST_CONCURRENCY,
+                        harvest_env=_harvest_task_env(args, {"HARVEST_ALLOW_HOSTS": "127.0.0.1"}),
+                    ),
                 ),
             )
         if "harvest" in only:
@@ -1832,6 +1919,7 @@ def run_web(args: argparse.Namespace) -> dict[str, Any]:
         _warm_page_cache(web.imageset)
         urls, fetchable = web.urls, web.fetchable
         ca = web.ca_bundle
+        web_env = {"HARVEST_CA_BUNDLE": str(ca), "HARVEST_ALLOW_HOSTS": "127.0.0.0/8"}
         print(f"synthetic web up (nginx pid {web.pid}); CA {ca}", flush=True)
         if "raw" in only:
             attempt(
@@ -1890,8 +1978,25 @@ def run_web(args: argparse.Namespace) -> dict[str, Any]:
                 return figures
 
             attempt(report, "chord", chord_on_web)
+        if "engine" in only:
+            attempt(
+                report,
+                "engine",
+                lambda: measure_web(
+                    web,
+                    limit,
+                    lambda: run_engine_contender(
+                        urls,
+                        fetchable,
+                        processes=slots,
+                        threads=threads,
+                        per_host=limit,
+                        harvest_env=_harvest_task_env(args, web_env),
+                    ),
+                ),
+            )
         if "harvest" in only:
-            bench = _harvest_bench(args, {"HARVEST_CA_BUNDLE": str(ca), "HARVEST_ALLOW_HOSTS": "127.0.0.0/8"})
+            bench = _harvest_bench(args, web_env)
             try:
                 bench.start()
 

@@ -15,16 +15,19 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import urllib3
 
@@ -64,6 +67,59 @@ def run_engine(urls: list[str], out: Path, settings: FetchSettings) -> tuple[flo
     results = fetch_batch(urls, settings, store=store)
     elapsed = time.perf_counter() - started
     return elapsed, Counter(str(r.status) for r in results)
+
+
+def _engine_process(share: tuple[list[str], str, FetchSettings]) -> dict[str, Any]:
+    urls, out_dir, settings = share
+    store = ContentAddressedStore(Path(out_dir).as_uri())
+    results = fetch_batch(urls, settings, store=store)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "statuses": Counter(str(r.status) for r in results),
+        "fetched": [r.url for r in results if r.ok],
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "max_rss_bytes": usage.ru_maxrss * 1024,  # Linux: KiB
+    }
+
+
+def run_engine_processes(
+    urls: list[str], settings: FetchSettings, *, processes: int, out_dir: Path | None = None
+) -> dict[str, Any]:
+    """Harvest's engine without Airflow: ``fetch_batch`` over a share of ``urls`` in each of
+    ``processes`` forked processes (as many as Harvest's worker slots), storing into ``out_dir`` (a
+    temporary folder, removed, by default).
+
+    The same work per URL as a batch task, with nothing around it: no task life cycle, no list
+    reading or planning, no checkpoints, no staging in Postgres. Its rate is the ceiling of Harvest
+    on the same machine with the same settings; what Harvest loses to it is orchestration.
+    """
+    from bench.raw import run_in_processes
+
+    target = Path(tempfile.mkdtemp(prefix="harvest-bench-engine-")) if out_dir is None else out_dir
+    try:
+        parts, seconds = run_in_processes(
+            _engine_process, [(urls[p::processes], str(target), settings) for p in range(processes)]
+        )
+    finally:
+        if out_dir is None:
+            shutil.rmtree(target, ignore_errors=True)
+    statuses: Counter[str] = Counter()
+    for part in parts:
+        statuses.update(part["statuses"])
+    return {
+        "name": "engine",
+        "urls": len(urls),
+        "ok": statuses.get("ok", 0),
+        "seconds": round(seconds, 3),
+        "urls_per_s": round(len(urls) / seconds, 1),
+        "processes": processes,
+        "threads_per_process": settings.concurrency,
+        "statuses": dict(statuses),
+        "cpu_s": round(sum(p["cpu_s"] for p in parts), 2),
+        "peak_rss_bytes": sum(p["max_rss_bytes"] for p in parts),
+        "fetched_urls": [url for p in parts for url in p["fetched"]],
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def jpegs(count: int) -> list[ImageSpec]:

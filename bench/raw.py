@@ -21,11 +21,12 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_PROCESSES", "DEFAULT_THREADS", "run_raw"]
+__all__ = ["DEFAULT_PROCESSES", "DEFAULT_THREADS", "run_in_processes", "run_raw"]
 
 DEFAULT_PROCESSES = 2
 DEFAULT_THREADS = 16  # per process; see `python -m bench.raw --threads` to check on another machine
@@ -106,6 +107,25 @@ def _worker(args: tuple[list[tuple[int, str]], str, int, dict[str, Any]]) -> dic
     }
 
 
+def run_in_processes(
+    worker: Callable[[Any], dict[str, Any]], shares: list[Any]
+) -> tuple[list[dict[str, Any]], float]:
+    """``worker(share)`` in one forked process per share, all at once; (their returns, wall seconds)."""
+    context = multiprocessing.get_context("fork")
+    started = time.perf_counter()
+    pool = context.Pool(len(shares), initializer=_reset_signals)
+    try:
+        parts = pool.map(worker, shares)
+        seconds = time.perf_counter() - started
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return parts, seconds
+
+
 def run_raw(
     urls: list[str],
     *,
@@ -134,19 +154,8 @@ def run_raw(
         "num_pools": max(10, hosts + 8),
     }
     shares = [(indexed[p::processes], str(target), threads, options) for p in range(processes)]
-    context = multiprocessing.get_context("fork")
     try:
-        started = time.perf_counter()
-        pool = context.Pool(processes, initializer=_reset_signals)
-        try:
-            parts = pool.map(_worker, shares)
-            seconds = time.perf_counter() - started
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
+        parts, seconds = run_in_processes(_worker, shares)
     finally:
         if own_dir:
             shutil.rmtree(target, ignore_errors=True)

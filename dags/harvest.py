@@ -93,7 +93,7 @@ PARAMS = {
         title="Batch size",
         description=(
             "URLs per mapped task. Empty: sized from the list and the worker slots (one batch per "
-            "slot, 500 to 10,000 URLs each; grown so a run stays within 1024 batches)."
+            "slot, 500 to 50,000 URLs each; grown so a run stays within 1024 batches)."
         ),
     ),
     "concurrency": Param(

@@ -132,6 +132,12 @@ class Stack:
     broker_url: str = field(default_factory=lambda: setting("HARVEST_BROKER_URL", ""))
     # Celery queue of the stack's tasks: a private name keeps two stacks on one broker apart.
     queue: str = "default"
+    # Seconds the scheduler sleeps after a loop with nothing to do ([scheduler]
+    # scheduler_idle_sleep_time). Airflow's default of 1 s: while batches download, every loop has
+    # nothing to do, and at 0.1 s the scheduler used 20-41 CPU-seconds of a 100,000-URL run on 2
+    # cores against 9 at 1 s (bench/README.md). A shorter sleep only shortens the gaps between a
+    # run's tasks (2.5-4.3 s at 1 s, 0.5-0.9 s at 0.1 s): the test stacks, made of short runs, use 0.1.
+    scheduler_idle_sleep: float = 1.0
     # Extra workers (several machines); empty means the one worker "worker" on worker_log_port.
     workers: tuple[Worker, ...] = ()
     demo_port: int | None = None  # serve data/demo/site on loopback (the bundled demo images)
@@ -365,10 +371,7 @@ class Stack:
             scheduler_health_check_server_port = {self.scheduler_health_port}
             # A small stack: react within a second rather than the production default.
             scheduler_heartbeat_sec = 1
-            # Sleep after a scheduler loop with nothing to do (default 1 s). Every task boundary of a
-            # run waits for one: 0.1 s cut the idle time between a run's tasks from 2.5-4.3 s to
-            # 0.5-0.9 s (bench/e2e.py) for ~2 scheduler CPU-seconds per 20,000-URL run.
-            scheduler_idle_sleep_time = 0.1
+            scheduler_idle_sleep_time = {self.scheduler_idle_sleep:g}
             # A lost worker's tasks are retried after this long without a heartbeat (default 300).
             task_instance_heartbeat_timeout = {TASK_HEARTBEAT_TIMEOUT_S}
 

@@ -6,6 +6,7 @@ this stack's supervisord; values in supervisord's ``environment=`` reach the pro
 
 from __future__ import annotations
 
+import configparser
 import os
 import stat
 import subprocess
@@ -189,3 +190,28 @@ def test_the_user_agent_reaches_every_process_from_the_environment_or_dotenv(
     assert stack.environment()["HARVEST_USER_AGENT"] == DEFAULT_USER_AGENT  # names the project
     monkeypatch.setenv("HARVEST_USER_AGENT", "AcmeHarvest/1 (+mailto:data@acme.example)")
     assert stack.environment()["HARVEST_USER_AGENT"] == "AcmeHarvest/1 (+mailto:data@acme.example)"
+
+
+def test_the_scheduler_sleeps_airflows_default_when_idle_unless_the_stack_asks_for_less(tmp_path: Path):
+    """A long run's batches leave the scheduler nothing to do: at 0.1 s it spent a quarter of a core
+    on empty loops (bench/README.md). Short-lived test stacks may trade that for shorter task gaps."""
+
+    def idle_sleep(stack: Stack) -> str:
+        stack.write_config()
+        config = configparser.ConfigParser(interpolation=None)
+        config.read(stack.home / "airflow.cfg")
+        return config["scheduler"]["scheduler_idle_sleep_time"]
+
+    users = Stack.isolated(
+        "stacktest", home=tmp_path / "a", data=tmp_path / "d", broker_db=14, coordination_db=15
+    )
+    quick = Stack.isolated(
+        "stacktest",
+        home=tmp_path / "b",
+        data=tmp_path / "d",
+        broker_db=14,
+        coordination_db=15,
+        scheduler_idle_sleep=0.1,
+    )
+
+    assert (idle_sleep(users), idle_sleep(quick)) == ("1", "0.1")

@@ -67,6 +67,7 @@ def harvest_stack(tmp_path_factory: pytest.TempPathFactory, image_site: ImageSit
         data=data,
         broker_db=BROKER_DB,
         coordination_db=COORDINATION_DB,
+        scheduler_idle_sleep=0.1,  # short runs: their task gaps, not the scheduler's CPU, set their time
     )
     for db in (BROKER_DB, COORDINATION_DB):
         redis.Redis.from_url(f"{stack.redis_server}/{db}").flushdb()

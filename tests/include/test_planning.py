@@ -91,7 +91,8 @@ def test_describe_batch_counts_urls_and_hosts() -> None:
     ("urls", "slots", "batches"),
     [
         (20_000, 4, 4),  # one wave over 4 slots, 5,000 URLs each (was 20 task life cycles)
-        (100_000, 4, 10),  # capped at 10,000 URLs a batch (was 100)
+        (100_000, 4, 4),  # one per slot: 25,000 URLs each (was 100 batches at a fixed 1,000)
+        (400_000, 4, 8),  # capped at 50,000 URLs a batch: two waves
         (100_000, 16, 16),  # more slots, more batches: one per slot
         (2_000, 4, 4),  # never under 500 URLs: a batch must cost more to fetch than to schedule
         (1_000, 4, 2),

@@ -1,0 +1,88 @@
+"""The benchmark's verdicts (bench/e2e.py): a missed target says why, and says "out of reach" only
+when this run measured it so.
+
+These read a committed report (the 100,000-URL loopback run) and change one contender's figures, so
+they check the reasoning, not a machine's speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import e2e
+
+REPORT = Path(__file__).resolve().parents[1] / "bench" / "results" / "e2e-100000.json"
+
+
+@pytest.fixture
+def report() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(REPORT.read_text())
+    return loaded
+
+
+def _engine(report: dict[str, Any], urls_per_s: float, cpu_ms_per_url: float) -> dict[str, Any]:
+    n = report["urls"]
+    return {
+        "name": "engine",
+        "urls": n,
+        "ok": n,
+        "seconds": round(n / urls_per_s, 3),
+        "urls_per_s": urls_per_s,
+        "processes": 2,
+        "threads_per_process": 32,
+        "cpu_s": n * cpu_ms_per_url / 1000,
+        "fetchable": n,
+        "fetched_fetchable": n,
+        "fetched_not_fetchable": 0,
+        "server": {"peak_per_host": 64, "server_cpu_s": 10.0},
+    }
+
+
+def _raw_target(report: dict[str, Any]) -> dict[str, Any]:
+    return next(t for t in e2e.targets(report) if t["target"].startswith("harvest/raw"))
+
+
+def test_an_engine_alone_slower_than_the_budget_makes_the_target_out_of_reach(report: dict[str, Any]) -> None:
+    raw_rate = report["contenders"]["raw"]["urls_per_s"]
+    report["contenders"]["engine"] = _engine(report, urls_per_s=0.6 * raw_rate, cpu_ms_per_url=2.0)
+
+    target = _raw_target(report)
+
+    assert target["status"] == "MISS"
+    out_of_reach = [line for line in target["would_reach"] if line.startswith("out of reach")]
+    assert len(out_of_reach) == 1
+    # What would reach it: the engine's CPU per URL cut in the ratio of its time to the budget.
+    needed_ms = 2.0 * 0.6 / e2e.TARGET_OVER_RAW
+    assert f"from 2.00 ms to ≤ {needed_ms:.2f} ms" in out_of_reach[0]
+    assert any(line.startswith("ceiling: Harvest's engine alone") for line in target["reasons"])
+
+
+def test_an_engine_alone_within_the_budget_leaves_the_miss_to_orchestration(report: dict[str, Any]) -> None:
+    raw_rate = report["contenders"]["raw"]["urls_per_s"]
+    report["contenders"]["engine"] = _engine(report, urls_per_s=0.9 * raw_rate, cpu_ms_per_url=1.4)
+
+    target = _raw_target(report)
+
+    assert target["status"] == "MISS"
+    assert not any(line.startswith("out of reach") for line in target["would_reach"])
+    ceiling = next(line for line in target["reasons"] if line.startswith("ceiling:"))
+    harvest = report["contenders"]["harvest"]
+    extra_s = harvest["seconds"] - report["urls"] / (0.9 * raw_rate)
+    assert f"cost {extra_s:.1f}s" in ceiling
+
+
+def test_without_the_engine_contender_no_ceiling_is_claimed(report: dict[str, Any]) -> None:
+    without = copy.deepcopy(report)
+    without["contenders"].pop("engine", None)
+
+    target = _raw_target(without)
+
+    assert target["status"] == "MISS"
+    assert not any(
+        line.startswith(("out of reach", "ceiling")) for line in target["would_reach"] + target["reasons"]
+    )
