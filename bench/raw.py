@@ -108,10 +108,15 @@ def _worker(args: tuple[list[tuple[int, str]], str, int, dict[str, Any]]) -> dic
 
 
 def run_in_processes(
-    worker: Callable[[Any], dict[str, Any]], shares: list[Any]
+    worker: Callable[[Any], dict[str, Any]], shares: list[Any], *, start_method: str = "fork"
 ) -> tuple[list[dict[str, Any]], float]:
-    """``worker(share)`` in one forked process per share, all at once; (their returns, wall seconds)."""
-    context = multiprocessing.get_context("fork")
+    """``worker(share)`` in one new process per share, all at once; (their returns, wall seconds).
+
+    ``start_method="spawn"`` starts clean interpreters: a fork copies whatever the parent holds,
+    and after a Celery client ran in it (the chord) kombu's after-fork hook blocks the child on a
+    broker connection. Spawned processes import their modules first: time inside the worker then.
+    """
+    context = multiprocessing.get_context(start_method)
     started = time.perf_counter()
     pool = context.Pool(len(shares), initializer=_reset_signals)
     try:

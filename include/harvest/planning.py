@@ -55,7 +55,7 @@ DEFAULT_BATCH_SIZE = 1000
 # one from batches whose memory would hurt (a batch holds its results until it stages them; a
 # killed one resumes from its checkpoints). Each batch task costs seconds of CPU outside the fetch
 # (process start, imports, staging): 100,000 URLs on 2 slots ran at 491-528 URLs/s in 10 batches
-# of 10,000 and at 701 in 2 of 50,000, for +115 MiB in the worker tree (1.28 -> 1.39 GiB).
+# of 10,000 and at 701 in 2 of 50,000, for +110 MiB in the worker tree (1,218 -> 1,328 MiB).
 WAVES = 1
 MIN_AUTO_BATCH = 500
 MAX_AUTO_BATCH = 50_000
