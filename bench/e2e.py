@@ -1,7 +1,7 @@
 """The end-to-end benchmark: Harvest against the raw limit, img2dataset and the plain Celery chord.
 
 In one invocation, over the same N URLs and the same CPU budget (Harvest's worker slots, one per
-core by default, × 32 fetch threads per batch), four contenders:
+core by default, × 32 fetch threads per batch), five contenders:
 
 1. **raw**: a urllib3 thread pool over as many processes as Harvest has worker slots, that only GETs
    and writes bytes (:mod:`bench.raw`); the machine's practical limit;
@@ -10,7 +10,11 @@ core by default, × 32 fetch threads per batch), four contenders:
    ``files`` output, no resizing nor re-encoding;
 3. **chord**: the original design, one Celery task per URL in a chord whose callback inserts the
    rows into Postgres (:mod:`bench.chord`);
-4. **harvest**: the real ``harvest`` DAG on a real local stack (api-server, scheduler,
+4. **engine**: Harvest's own batches (``fetch_batch``) without Airflow, with the settings of
+   Harvest's tasks, in as many processes as Harvest has worker slots (:mod:`bench.engine`): the
+   ceiling of Harvest on the machine. When it alone is slower than a target needs, the target is out
+   of reach with today's work per URL, whatever the orchestration, and the report says so;
+5. **harvest**: the real ``harvest`` DAG on a real local stack (api-server, scheduler,
    dag-processor, triggerer, Celery worker) that this command starts with its own databases, Redis
    database numbers (8 and 9), ports and folders; timed from the trigger to the run's end, then
    every row in ``harvest.downloads`` and every stored file is checked.

@@ -123,7 +123,7 @@ def cluster(
             home=tmp_path_factory.mktemp("cluster-home"),
             data=data,
             broker_db=0,
-                coordination_db=COORDINATION_DB,
+            coordination_db=COORDINATION_DB,
             scheduler_idle_sleep=0.1,  # short runs: their task gaps, not the scheduler's CPU, set their time
             broker_url=f"{broker.url}/0",
             storage_uri=f"s3://{BUCKET}/storage",
