@@ -928,9 +928,8 @@ def run_engine_contender(
 
     redis_server = setting("HARVEST_REDIS_SERVER", DEFAULT_REDIS_SERVER)  # the Redis the stack uses
     environ = {"HARVEST_REDIS_URL": f"{redis_server}/{COORDINATION_DB}", **harvest_env}
-    redis.Redis.from_url(
-        environ["HARVEST_REDIS_URL"]
-    ).flushdb()  # no robots.txt answers cached by a run before
+    # No robots.txt answers or host slots left by an earlier contender or run.
+    redis.Redis.from_url(environ["HARVEST_REDIS_URL"]).flushdb()
     settings = FetchSettings.from_env(environ=environ, concurrency=threads, per_host_concurrency=per_host)
     figures = run_engine_processes(urls, settings, processes=processes)
     outcome(figures, figures.pop("fetched_urls"), fetchable)
@@ -1706,15 +1705,18 @@ def _base_report(args: argparse.Namespace, scenario: str, count: int) -> dict[st
     }
 
 
+def _stack_env(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the benchmark gives Harvest's stack: ``env``, then ``--airflow-env``."""
+    return {**(env or {}), **dict(item.split("=", 1) for item in args.airflow_env)}
+
+
 def _harvest_task_env(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
     """The ``HARVEST_*`` variables Harvest's batch tasks see in this benchmark (for the engine alone)."""
-    overrides = dict(item.split("=", 1) for item in args.airflow_env)
-    return {**env, **{k: v for k, v in overrides.items() if k.startswith("HARVEST_")}}
+    return {k: v for k, v in _stack_env(args, env).items() if k.startswith("HARVEST_")}
 
 
 def _harvest_bench(args: argparse.Namespace, env: dict[str, str] | None = None) -> HarvestBench:
-    overrides = dict(item.split("=", 1) for item in args.airflow_env)
-    return HarvestBench(worker_concurrency=args.worker_concurrency, extra_env={**(env or {}), **overrides})
+    return HarvestBench(worker_concurrency=args.worker_concurrency, extra_env=_stack_env(args, env))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
