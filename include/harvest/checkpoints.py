@@ -1,8 +1,9 @@
 """Checkpoints of a download batch while it runs, so that a retry resumes instead of starting over.
 
-A batch stages its results once, at the end (in Postgres). A worker killed mid-batch (SIGKILL of its process
-group, out of memory, a lost machine) leaves nothing behind, and Airflow's retry would download
-every URL again. So while a batch runs, :class:`BatchCheckpoint` writes the results finished so far
+A batch's results count only once the whole batch has ended (its attempt's rows in Postgres are
+made the batch's then: :class:`~include.harvest.results.BatchStaging`). A worker killed mid-batch
+(SIGKILL of its process group, out of memory, a lost machine) leaves nothing that counts, and
+Airflow's retry would download every URL again. So while a batch runs, :class:`BatchCheckpoint` writes the results finished so far
 as small part files every few seconds; a retry reads them back (:func:`load_checkpoint`) and keeps
 those whose blob is already in the store (:func:`reusable_results`). A kill costs at most the last
 few seconds of downloads.

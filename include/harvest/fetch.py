@@ -34,7 +34,7 @@ from include.harvest.models import Result, UrlItem
 from include.harvest.settings import FetchSettings
 from include.harvest.storage import ContentAddressedStore
 
-__all__ = ["fetch_batch", "fetch_bytes"]
+__all__ = ["fetch_batch", "fetch_bytes", "fetch_each"]
 
 _module_log = logging.getLogger(__name__)
 
@@ -52,47 +52,65 @@ def fetch_batch(
     """Fetch, verify and store every URL; return one :class:`Result` per item, in input order.
 
     An item is a :class:`UrlItem` (its line and CSV metadata travel into its result) or a bare URL.
+    The other arguments are those of :func:`fetch_each`. The results are held until the end: a
+    caller that passes them on as they finish (the download task) uses :func:`fetch_each`.
+    """
+    listed = [UrlItem(item) if isinstance(item, str) else item for item in items]
+    results: dict[str, Result] = {}
+
+    def keep(result: Result) -> None:
+        results[result.url] = result
+        if on_result is not None:
+            on_result(result)
+
+    fetch_each(listed, settings, store=store, previous=previous, log=log, limits=limits, on_result=keep)
+    first: dict[str, UrlItem] = {}
+    for item in listed:
+        first.setdefault(item.url, item)
+    ordered: list[Result] = []
+    for item in listed:
+        result = results[item.url]
+        if first[item.url] is not item:  # a URL listed again: a copy, with this listing's line and meta
+            result = dataclasses.replace(result, line=item.line, meta=item.meta)
+        ordered.append(result)
+    return ordered
+
+
+def fetch_each(
+    items: Sequence[UrlItem],
+    settings: FetchSettings,
+    *,
+    store: ContentAddressedStore,
+    on_result: Callable[[Result], None],
+    previous: Mapping[str, Result] | None = None,
+    log: logging.Logger | None = None,
+    limits: HostLimits | None = None,
+) -> None:
+    """Fetch, verify and store every URL, handing each :class:`Result` to ``on_result`` as soon as
+    its URL is finished; keep none of them.
+
+    ``on_result`` is called once per *unique* URL (a URL listed twice is fetched and reported once,
+    with its first listing's line and meta), from the fetch threads, concurrently: it must be
+    thread-safe and cheap (it delays that thread's next URL). If it raises, the batch stops and the
+    error is raised, like a storage failure.
     ``previous`` maps a URL to its last result, for conditional requests (ETag / Last-Modified).
     ``limits`` replaces the per-host limits built from ``settings`` (tests, custom coordination).
-    ``on_result`` is called with each result as soon as its URL is finished, once per *unique* URL
-    (a URL listed twice is fetched and reported once), from the fetch threads, concurrently: it must
-    be thread-safe and cheap (it delays that thread's next URL). Checkpoints use it
-    (:mod:`.checkpoints`). If it raises, the batch stops and the error is raised, like a storage
-    failure.
     """
     log = log or _module_log
     started = time.monotonic()
     deadline = started + settings.batch_deadline if settings.batch_deadline else None
-    listed = [UrlItem(item) if isinstance(item, str) else item for item in items]
     unique: dict[str, UrlItem] = {}
-    for item in listed:
+    for item in items:
         unique.setdefault(item.url, item)
-    results: dict[str, Result] = {}
-    if len(unique) < len(listed):
-        log.info("%d duplicate URLs in this batch: each is fetched once", len(listed) - len(unique))
+    if len(unique) < len(items):
+        log.info("%d duplicate URLs in this batch: each is fetched once", len(items) - len(unique))
+    if not unique:
+        return
     downloader = Downloader(settings, limits=limits or host_limits_for(settings), log=log)
     try:
-        if unique:
-            _run_all(
-                downloader,
-                list(unique.values()),
-                store,
-                previous or {},
-                deadline,
-                results,
-                log,
-                started,
-                on_result,
-            )
+        _run_all(downloader, list(unique.values()), store, previous or {}, deadline, log, started, on_result)
     finally:
         downloader.close()
-    ordered: list[Result] = []
-    for item in listed:
-        result = results[item.url]
-        if unique[item.url] is not item:  # a URL listed again: a copy, with this listing's line and meta
-            result = dataclasses.replace(result, line=item.line, meta=item.meta)
-        ordered.append(result)
-    return ordered
 
 
 def fetch_bytes(url: str, settings: FetchSettings, *, max_bytes: int) -> bytes:
@@ -120,10 +138,9 @@ def _run_all(
     store: ContentAddressedStore,
     previous: Mapping[str, Result],
     deadline: float | None,
-    results: dict[str, Result],
     log: logging.Logger,
     started: float,
-    on_result: Callable[[Result], None] | None = None,
+    on_result: Callable[[Result], None],
 ) -> None:
     """``concurrency`` threads take URLs from the frontier and file their results; this thread only
     wakes up to report progress.
@@ -140,6 +157,7 @@ def _run_all(
     errors: list[BaseException] = []
     running = [workers]
     running_lock = threading.Lock()
+    tally = _Tally()
 
     def work() -> None:
         try:
@@ -151,9 +169,8 @@ def _run_all(
                     result = downloader.fetch_one(item, store, previous.get(item.url), deadline)
                 finally:
                     frontier.done(item)
-                results[item.url] = result
-                if on_result is not None:
-                    on_result(result)
+                tally.add(result)
+                on_result(result)
         except BaseException as exc:  # storage failure: the batch stops and the error is raised
             errors.append(exc)
             stop.set()
@@ -168,21 +185,36 @@ def _run_all(
         for _ in range(workers):
             executor.submit(work)
         while not all_done.wait(timeout=interval):
-            _log_progress(log, results, len(items), started)
+            _log_progress(log, tally, len(items), started)
     if errors:
         raise errors[0]
-    _log_progress(log, results, len(items), started, final=True)
+    _log_progress(log, tally, len(items), started, final=True)
+
+
+class _Tally:
+    """URLs finished so far, and failures by status, for the progress lines."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.failures: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def add(self, result: Result) -> None:
+        with self._lock:
+            self.done += 1
+            if not result.ok:
+                self.failures[str(result.status)] += 1
+
+    def read(self) -> tuple[int, dict[str, int]]:
+        with self._lock:
+            return self.done, dict(self.failures)
 
 
 def _log_progress(
-    log: logging.Logger, results: dict[str, Result], total: int, started: float, *, final: bool = False
+    log: logging.Logger, tally: _Tally, total: int, started: float, *, final: bool = False
 ) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
-    done = len(results)
-    failures: dict[str, int] = defaultdict(int)
-    for result in results.copy().values():  # dict.copy is atomic: workers keep adding meanwhile
-        if not result.ok:
-            failures[str(result.status)] += 1
+    done, failures = tally.read()
     failed = sum(failures.values())
     detail = ", ".join(f"{status}={count}" for status, count in sorted(failures.items())) or "none"
     log.info(

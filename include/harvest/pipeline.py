@@ -3,9 +3,9 @@
     read_sources ──► plan ──► download (one call per batch, on any worker) ──► record
 
 Each step takes and returns small JSON-friendly dicts (they travel through XCom) that point at the
-run's working files (:mod:`include.harvest.workfiles`); no step holds more than one batch of results
-in memory. Each batch stages its results in Postgres as it ends, so the reduce finalises in SQL
-(with the few lines rejected while reading, from their file). Each step is a transaction in Airflow's
+run's working files (:mod:`include.harvest.workfiles`); no step holds a batch's results in memory.
+Each batch stages its results in Postgres while it runs, so the reduce finalises in SQL (with the
+few lines rejected while reading, from their file). Each step is a transaction in Airflow's
 sense: running it again for the same run gives the same files and the same rows.
 """
 
@@ -20,7 +20,7 @@ from datetime import date, datetime
 from typing import Any
 
 from include.harvest import planning, results, sources
-from include.harvest.models import Result, Status
+from include.harvest.models import Result
 from include.harvest.objectstore import check_access
 from include.harvest.settings import FetchSettings
 from include.harvest.workfiles import (
@@ -283,10 +283,15 @@ def download(
     stored copy) only when that copy's blob is in this store; otherwise it is downloaded in full.
     """
     from include.harvest import checkpoints
-    from include.harvest.fetch import fetch_batch
+    from include.harvest.fetch import fetch_each
     from include.harvest.storage import ContentAddressedStore
 
     started = time.monotonic()
+    if "dag_run_id" not in batch:
+        raise RuntimeError(
+            "this batch was planned by an earlier version of Harvest, whose reduce read result files: "
+            "clear the whole run (from read_sources) to download it again"
+        )
     try:
         items = read_items(batch["uri"])
     except FileNotFoundError as exc:
@@ -299,8 +304,8 @@ def download(
     # Results an earlier attempt staged (killed before Airflow saved its return value) are not
     # reused: the batch is computed again, from the checkpoints if any are left. Reusing them would
     # also skip the downloads of a whole run that was cleared to fetch again, whose new plan may hold
-    # other URLs. Either way the batch's staged rows are replaced in one transaction, one result per
-    # URL, and the reduce upserts: the same rows.
+    # other URLs. Either way this attempt's results replace the batch's staged ones whole, one
+    # result per URL, and the reduce upserts: the same rows.
     partial_uri: str | None = batch.get("partial_uri")  # absent from batches planned before checkpoints
     earlier = checkpoints.load_checkpoint(partial_uri, log=log) if partial_uri else {}
     reused = checkpoints.reusable_results(earlier, urls, store) if earlier else {}
@@ -324,47 +329,35 @@ def download(
                 len(recorded),
                 storage_uri,
             )
+    # Staged while the batch runs, a chunk at a time, so the task never holds the batch's results
+    # (worker memory does not grow with the batch size) and the reduce only finalises in SQL.
+    staging = results.BatchStaging(connect, batch["dag_run_id"], batch["index"], urls)
+    reused_count = len(reused)
+    for result in reused.values():
+        staging.add(result)
+    del earlier, reused
     checkpoint = checkpoints.BatchCheckpoint(partial_uri, log=log) if partial_uri else None
+
+    def finished(result: Result) -> None:
+        if checkpoint is not None:
+            checkpoint.add(result)
+        staging.add(result)
+
     with checkpoint or nullcontext():
-        fetched = fetch_batch(
-            to_fetch,
-            settings,
-            store=store,
-            previous=previous,
-            log=log,
-            on_result=checkpoint.add if checkpoint else None,
-        )
-    # Batch order, one result per URL, as the reduce expects; results carry their item's line and
-    # meta from the engine (and from the checkpoint, for reused ones).
-    answered = {**reused, **{result.url: result for result in fetched}}
-    missing = [url for url in urls if url not in answered]
-    if missing:  # the engine's contract; a silent drop would lose URLs
-        raise RuntimeError(f"fetch_batch returned no result for {len(missing)} URLs, such as {missing[0]}")
-    batch_results = [answered[url] for url in urls]
-    if "dag_run_id" not in batch:
-        raise RuntimeError(
-            "this batch was planned by an earlier version of Harvest, whose reduce read result files: "
-            "clear the whole run (from read_sources) to download it again"
-        )
-    # Staged now, in Postgres, so the reduce does not read every batch's results at the end. (A
-    # connection of its own: the one of load_previous is not held open across the downloads.)
-    with closing(connect()) as conn:
-        results.stage_results(conn, batch["dag_run_id"], batch["index"], batch_results)
+        fetch_each(to_fetch, settings, store=store, previous=previous, log=log, on_result=finished)
+    staged = staging.finish()  # raises if a URL has no result: a silent drop would lose it
     if partial_uri:
         checkpoints.discard_checkpoint(partial_uri, log=log)
-    counts: dict[str, int] = {}
-    for result in batch_results:
-        counts[str(result.status)] = counts.get(str(result.status), 0) + 1
     seconds = time.monotonic() - started
     summary = {
         "index": batch["index"],
-        "urls": len(batch_results),
-        "reused": len(reused),
-        "counts": counts,
-        "bytes": sum(r.bytes or 0 for r in batch_results if r.status == Status.OK),
+        "urls": staged,
+        "reused": reused_count,
+        "counts": staging.counts,
+        "bytes": staging.ok_bytes,
         "seconds": round(seconds, 3),
     }
-    log.info("%s done in %.1fs: %s", batch.get("label", f"batch {batch['index']}"), seconds, counts)
+    log.info("%s done in %.1fs: %s", batch.get("label", f"batch {batch['index']}"), seconds, staging.counts)
     return summary
 
 

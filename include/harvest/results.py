@@ -17,8 +17,10 @@ import json
 import logging
 import operator
 import re
+import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -29,6 +31,7 @@ from include.harvest.models import Result, Status
 __all__ = [
     "COPY_CHUNK_ROWS",
     "DOWNLOAD_COLUMNS",
+    "BatchStaging",
     "Column",
     "IncompleteRun",
     "RunInfo",
@@ -231,24 +234,142 @@ def _record(
 
 
 def stage_results(conn: Any, dag_run_id: str, batch: int, results: Iterable[Result]) -> int:
-    """Stage one batch's results in ``harvest.staged_results``, replacing what it staged before.
+    """Stage ``results`` as one whole attempt of a batch: they replace what the batch staged before.
 
-    One transaction: a batch run again (a retry, a cleared task) leaves exactly its latest results,
-    never a mix. Called as each batch ends, so the reduce only finalises in SQL
-    (:func:`record_staged_run`).
+    One transaction. The download task stages while it runs instead (:class:`BatchStaging`); this
+    is the same outcome at once, for results already in hand.
     """
-    prefix = f"{_copy_field(dag_run_id)}\t{batch}\t"
-    copy_sql = f"COPY harvest.staged_results (dag_run_id, batch, seq, {', '.join(_NAMES)}) FROM STDIN"
-    total = 0
+    attempt = _new_attempt()
     with _transaction(conn), conn.cursor() as cur:
-        cur.execute(
-            "DELETE FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s", (dag_run_id, batch)
-        )
-        rows = (prefix + line for line in _copy_lines(results))
-        while chunk := list(islice(rows, COPY_CHUNK_ROWS)):
-            _copy_in(cur, copy_sql, "".join(chunk))
-            total += len(chunk)
+        total = _copy_staged(cur, dag_run_id, batch, attempt, _copy_lines(results))
+        _make_attempt_the_batchs(cur, dag_run_id, batch, attempt, total)
     return total
+
+
+class BatchStaging:
+    """One attempt at a batch, staging its results in ``harvest.staged_results`` as they finish.
+
+    Results are COPYed in committed chunks of :data:`COPY_CHUNK_ROWS` under this attempt's id, so
+    the task holds one chunk, not the batch's results: worker memory does not grow with the batch
+    size. They count once :meth:`finish` has checked that every URL of the batch has one, and made
+    this attempt the batch's staged results in one short transaction that deletes what any other
+    attempt of the batch staged. So a retried batch leaves one attempt's results, never a mix; an
+    attempt that dies midway leaves rows nothing reads, deleted when the batch ends again or when
+    the run's staged rows go with its recording. Of two attempts running at once (a worker thought
+    lost that still runs), the first to end wins; the other then fails on ending, changing nothing. No transaction stays open while URLs download,
+    so a worker lost with its connection holds no lock that a retry would wait on.
+
+    :meth:`add` is thread-safe (the engine's threads call it as each URL finishes); ``connect``
+    opens a new connection, one per chunk, closed after it.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        dag_run_id: str,
+        batch: int,
+        urls: Sequence[str],
+        *,
+        chunk_rows: int = COPY_CHUNK_ROWS,
+    ) -> None:
+        self.dag_run_id = dag_run_id
+        self.batch = batch
+        self.attempt = _new_attempt()
+        self.counts: dict[str, int] = {}
+        self.ok_bytes = 0
+        self._connect = connect
+        self._chunk_rows = chunk_rows
+        self._seq: dict[str, int] = {}
+        for seq, url in enumerate(urls):
+            self._seq.setdefault(url, seq)
+        self._answered = bytearray(len(urls))  # by seq: 1 once the URL has a result
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, result: Result) -> None:
+        """Stage the result of one URL of the batch (at most one per URL)."""
+        seq = self._seq.get(result.url)
+        if seq is None:
+            raise ValueError(f"{result.url} is not a URL of batch {self.batch}")
+        line = _copy_line(seq, result)
+        with self._lock:
+            if self._answered[seq]:
+                raise ValueError(f"{result.url} has a result already in batch {self.batch}")
+            self._answered[seq] = 1
+            status = str(result.status)
+            self.counts[status] = self.counts.get(status, 0) + 1
+            if result.status == Status.OK:
+                self.ok_bytes += result.bytes or 0
+            self._lines.append(line)
+            if len(self._lines) < self._chunk_rows:
+                return
+            chunk, self._lines = self._lines, []
+        self._copy(chunk)  # outside the lock: the other threads keep adding meanwhile
+
+    def finish(self) -> int:
+        """Stage what is left and make this attempt the batch's results; return the URLs staged.
+
+        Raise :class:`RuntimeError`, and stage nothing more, if a URL of the batch has no result.
+        """
+        with self._lock:
+            chunk, self._lines = self._lines, []
+            missing = [url for url, seq in self._seq.items() if not self._answered[seq]]
+        if missing:  # the engine's contract is one result per URL: a silent drop would lose URLs
+            raise RuntimeError(
+                f"no result for {len(missing)} URLs of batch {self.batch}, such as {missing[0]}"
+            )
+        with closing(self._connect()) as conn, _transaction(conn), conn.cursor() as cur:
+            _copy_staged(cur, self.dag_run_id, self.batch, self.attempt, iter(chunk))
+            _make_attempt_the_batchs(cur, self.dag_run_id, self.batch, self.attempt, len(self._seq))
+            cur.execute(
+                "SELECT count(*) FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s AND attempt = %s",
+                (self.dag_run_id, self.batch, self.attempt),
+            )
+            (kept,) = cur.fetchone()
+            if kept != len(self._seq):  # rolled back: the batch keeps the attempt that ended first
+                raise RuntimeError(
+                    f"another attempt of batch {self.batch} ended while this one ran (a worker thought "
+                    f"lost, still running?) and replaced its results: {kept} of {len(self._seq)} are left. "
+                    "The batch's results are the other attempt's; nothing of this one was kept."
+                )
+        return len(self._seq)
+
+    def _copy(self, chunk: list[str]) -> None:
+        with closing(self._connect()) as conn, _transaction(conn), conn.cursor() as cur:
+            _copy_staged(cur, self.dag_run_id, self.batch, self.attempt, iter(chunk))
+
+
+def _new_attempt() -> str:
+    # Sorts by time, for a person reading the table; unique by the random part.
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+
+
+def _copy_staged(cur: Any, dag_run_id: str, batch: int, attempt: str, lines: Iterator[str]) -> int:
+    """COPY result lines (:func:`_copy_line`) into ``harvest.staged_results`` under ``attempt``."""
+    prefix = f"{_copy_field(dag_run_id)}\t{batch}\t{_copy_field(attempt)}\t"
+    copy_sql = (
+        f"COPY harvest.staged_results (dag_run_id, batch, attempt, seq, {', '.join(_NAMES)}) FROM STDIN"
+    )
+    rows = (prefix + line for line in lines)
+    total = 0
+    while chunk := list(islice(rows, COPY_CHUNK_ROWS)):
+        _copy_in(cur, copy_sql, "".join(chunk))
+        total += len(chunk)
+    return total
+
+
+def _make_attempt_the_batchs(cur: Any, dag_run_id: str, batch: int, attempt: str, urls: int) -> None:
+    # Two attempts ending at once take turns on the batch's row: the later one wins, whole.
+    cur.execute(
+        "INSERT INTO harvest.staged_batches (dag_run_id, batch, attempt, urls) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (dag_run_id, batch) DO UPDATE"
+        " SET attempt = EXCLUDED.attempt, urls = EXCLUDED.urls, staged_at = now()",
+        (dag_run_id, batch, attempt, urls),
+    )
+    cur.execute(
+        "DELETE FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s AND attempt <> %s",
+        (dag_run_id, batch, attempt),
+    )
 
 
 def record_staged_run(
@@ -261,10 +382,12 @@ def record_staged_run(
     reason: str | None = None,
     expected_urls: int | None = None,
 ) -> RunSummary:
-    """:func:`record_run` of the results ``run`` staged (:func:`stage_results`), plus ``unstaged``
-    ones (the lines rejected while reading the list), in SQL but for those few.
+    """:func:`record_run` of the results ``run`` staged (:class:`BatchStaging`,
+    :func:`stage_results`), plus ``unstaged`` ones (the lines rejected while reading the list), in
+    SQL but for those few.
 
-    Only batches ``0..batches-1`` count: a run planned again with fewer batches leaves no stray rows
+    Only each batch's finished attempt counts (``harvest.staged_batches``), and only batches
+    ``0..batches-1``: a run planned again with fewer batches leaves no stray rows
     in the recording. The run's staged rows are deleted in the same transaction that writes
     ``harvest.downloads``: recorded and unstaged together, or neither.
     """
@@ -283,16 +406,19 @@ def record_staged_run(
         outcome=outcome,
         reason=reason,
         expected_urls=expected_urls,
-        after=lambda cur: cur.execute(
-            "DELETE FROM harvest.staged_results WHERE dag_run_id = %s", (run.dag_run_id,)
-        ),
+        after=lambda cur: _delete_staged(cur, run.dag_run_id),
     )
+
+
+def _delete_staged(cur: Any, dag_run_id: str) -> None:
+    for table in ("staged_results", "staged_batches"):
+        cur.execute(f"DELETE FROM harvest.{table} WHERE dag_run_id = %s", (dag_run_id,))
 
 
 _INSERT_STAGED = f"""
 INSERT INTO harvest_incoming (seq, {", ".join(_NAMES)})
 SELECT %(after)s + row_number() OVER (ORDER BY batch, seq), {", ".join(_NAMES)}
-FROM harvest.staged_results
+FROM harvest.staged_results JOIN harvest.staged_batches USING (dag_run_id, batch, attempt)
 WHERE dag_run_id = %(dag_run_id)s AND batch < %(batches)s
 """
 
@@ -341,12 +467,17 @@ def _copy_in(cur: Any, sql: str, data: str) -> None:
 
 def _copy_lines(results: Iterable[Result]) -> Iterator[str]:
     for seq, result in enumerate(results):
-        if not isinstance(result, Result):
-            raise TypeError(f"record_run expects Result objects, got {type(result).__name__}")
-        values = list(_RESULT_VALUES(result))
-        for index, convert in _CONVERTED:
-            values[index] = convert(values[index])
-        yield f"{seq}\t" + "\t".join(_copy_field(value) for value in values) + "\n"
+        yield _copy_line(seq, result)
+
+
+def _copy_line(seq: int, result: Result) -> str:
+    """``seq`` and the columns of ``result``, as one line of COPY text."""
+    if not isinstance(result, Result):
+        raise TypeError(f"record_run expects Result objects, got {type(result).__name__}")
+    values = list(_RESULT_VALUES(result))
+    for index, convert in _CONVERTED:
+        values[index] = convert(values[index])
+    return f"{seq}\t" + "\t".join(_copy_field(value) for value in values) + "\n"
 
 
 _COPY_ESCAPES = re.compile(r"[\\\t\n\r\x00]")

@@ -14,8 +14,8 @@ Layout, one folder per DAG run::
     <work_uri>/<dag_run_id>/batches/00003.jsonl.gz  the URLs of batch 3
     <work_uri>/<dag_run_id>/partial/00003/          checkpoints of batch 3 while it runs (.checkpoints)
 
-Batch results do not come back here: each batch stages them in Postgres as it ends
-(:func:`include.harvest.results.stage_results`).
+Batch results do not come back here: each batch stages them in Postgres while it runs
+(:class:`include.harvest.results.BatchStaging`).
 """
 
 from __future__ import annotations

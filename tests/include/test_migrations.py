@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,13 @@ def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-ALL_MIGRATIONS = ["0001_initial", "0002_report_indexes", "0003_internal_error_status", "0004_staged_results"]
+ALL_MIGRATIONS = [
+    "0001_initial",
+    "0002_report_indexes",
+    "0003_internal_error_status",
+    "0004_staged_results",
+    "0005_staged_attempts",
+]
 
 
 def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None:
@@ -53,6 +60,7 @@ def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None
         ("objects",),
         ("runs",),
         ("schema_migrations",),
+        ("staged_batches",),
         ("staged_results",),
         ("url_sources",),
     ]
@@ -61,6 +69,7 @@ def test_fresh_database_gets_every_table_and_a_ledger(empty_db_dsn: str) -> None
         ("0002", "0002_report_indexes"),
         ("0003", "0003_internal_error_status"),
         ("0004", "0004_staged_results"),
+        ("0005", "0005_staged_attempts"),
     ]
     assert pending_migrations(empty_db_dsn) == []
 
@@ -79,6 +88,38 @@ def test_concurrent_setups_apply_once(empty_db_dsn: str) -> None:
 
     assert sorted(outcomes) == [[]] * 5 + [ALL_MIGRATIONS]
     assert query(empty_db_dsn, "SELECT count(*) FROM harvest.schema_migrations") == [(len(ALL_MIGRATIONS),)]
+
+
+def test_batches_staged_before_the_upgrade_to_attempts_still_count(empty_db_dsn: str, tmp_path: Path) -> None:
+    """A run in flight across the upgrade: its batches staged whole under version 4 are recorded."""
+    from include.harvest.results import RunInfo, record_staged_run
+
+    for name in ALL_MIGRATIONS[:4]:
+        shutil.copy(MIGRATIONS_DIR / f"{name}.sql", tmp_path)
+    apply_migrations(empty_db_dsn, directory=tmp_path)
+    query(
+        empty_db_dsn,
+        "INSERT INTO harvest.staged_results (dag_run_id, batch, seq, url, status, attempts, elapsed_ms)"
+        " VALUES ('manual__1', 0, 0, 'https://a.example.com/1.jpg', 'ok', 1, 5),"
+        " ('manual__1', 0, 1, 'https://a.example.com/2.jpg', 'http_error', 1, 5) RETURNING 1",
+    )
+
+    assert apply_migrations(empty_db_dsn) == ["0005_staged_attempts"]
+
+    run = RunInfo(
+        run_key="manual__1",
+        dag_run_id="manual__1",
+        run_type="manual",
+        logical_date=None,
+        source="manual",
+        started_at=datetime.now(UTC),
+    )
+    conn = psycopg2.connect(empty_db_dsn)
+    try:
+        summary = record_staged_run(conn, run, batches=1, expected_urls=2)
+    finally:
+        conn.close()
+    assert summary.counts == {"ok": 1, "http_error": 1}
 
 
 def test_only_new_files_are_applied_in_version_order(empty_db_dsn: str, tmp_path: Path) -> None:

@@ -172,12 +172,13 @@ def test_a_run_with_a_batch_result_missing_records_nothing(tmp_path: Path, harve
 
 
 def staged(dsn: str, batch: dict) -> list[Result]:
-    """What ``download`` staged for ``batch`` in harvest.staged_results, in batch order."""
+    """What ``download`` staged for ``batch`` (its attempt that ended), in batch order."""
     names = [column.name for column in DOWNLOAD_COLUMNS]
     with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
         cur.execute(
-            f"SELECT {', '.join(names)} FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s"
-            " ORDER BY seq",
+            f"SELECT {', '.join(names)} FROM harvest.staged_results"
+            " JOIN harvest.staged_batches USING (dag_run_id, batch, attempt)"
+            " WHERE dag_run_id = %s AND batch = %s ORDER BY seq",
             (batch["dag_run_id"], batch["index"]),
         )
         rows = cur.fetchall()

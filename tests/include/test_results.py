@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from include.harvest.models import Result, Status
 from include.harvest.results import (
     COPY_CHUNK_ROWS,
+    BatchStaging,
     IncompleteRun,
     RunInfo,
     load_previous,
@@ -386,7 +388,7 @@ def test_the_declared_columns_are_the_tables_and_the_results(harvest_conn: Any) 
         "SELECT column_name FROM information_schema.columns"
         " WHERE table_schema = 'harvest' AND table_name = 'staged_results' ORDER BY ordinal_position",
     )
-    about_the_batch = ["dag_run_id", "batch", "seq", "staged_at"]
+    about_the_batch = ["dag_run_id", "batch", "seq", "staged_at", "attempt"]
     assert [name for (name,) in staging if name not in about_the_batch] == [c.name for c in DOWNLOAD_COLUMNS]
     assert sorted(c.field for c in DOWNLOAD_COLUMNS) == sorted(f.name for f in fields(Result))
 
@@ -469,3 +471,89 @@ def test_an_incomplete_staged_run_records_nothing_and_keeps_what_was_staged(harv
 
     assert rows(harvest_conn, "SELECT count(*) FROM harvest.downloads") == [(0,)]
     assert rows(harvest_conn, "SELECT count(*) FROM harvest.staged_results") == [(1,)]
+
+
+# -- staged while the batch runs, one attempt at a time ----------------------------------------------
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def connect(request: pytest.FixtureRequest, harvest_db_dsn: str) -> Any:
+    """Opens a new connection to a migrated, empty harvest database, with one driver or the other."""
+    if request.param == "psycopg":
+        psycopg = pytest.importorskip("psycopg")
+        return lambda: psycopg.connect(harvest_db_dsn)
+    import psycopg2
+
+    return lambda: psycopg2.connect(harvest_db_dsn)
+
+
+def query(connect: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with closing(connect()) as conn:
+        return rows(conn, sql, *params)
+
+
+BATCH_URLS = [f"https://a.example.com/{n}.jpg" for n in range(5)]
+
+
+def test_a_running_batch_commits_its_results_a_chunk_at_a_time_and_they_count_once_it_ends(
+    connect: Any,
+) -> None:
+    run = run_info()
+    staging = BatchStaging(connect, run.dag_run_id, 0, BATCH_URLS, chunk_rows=2)
+    for url in reversed(BATCH_URLS):  # in the order they finish, not the batch's
+        staging.add(ok(url) if url != BATCH_URLS[1] else failed(url))
+
+    # Two chunks are in Postgres already (what the task holds is the fifth result, not five); but
+    # the batch has not ended, so a reduce now finds it missing.
+    assert query(connect, "SELECT count(*) FROM harvest.staged_results") == [(4,)]
+    with closing(connect()) as conn, pytest.raises(IncompleteRun):
+        record_staged_run(conn, run, batches=1, expected_urls=5)
+
+    assert staging.finish() == 5
+    assert (staging.counts, staging.ok_bytes) == ({"ok": 4, "http_error": 1}, 4000)
+    with closing(connect()) as conn:
+        summary = record_staged_run(conn, run, batches=1, expected_urls=5)
+    assert summary.counts == {"ok": 4, "http_error": 1}
+    assert query(connect, "SELECT count(*) FROM harvest.staged_results") == [(0,)]
+    assert query(connect, "SELECT count(*) FROM harvest.staged_batches") == [(0,)]
+
+
+def test_a_retried_batch_keeps_one_attempt_whole_the_first_to_end(connect: Any) -> None:
+    """A killed attempt's chunks are never read; of two attempts running at once, the first to end
+    counts and the other fails on ending, changing nothing."""
+    run = run_info()
+    killed = BatchStaging(connect, run.dag_run_id, 0, BATCH_URLS, chunk_rows=2)
+    for url in BATCH_URLS[:4]:
+        killed.add(failed(url, Status.TIMEOUT))  # two chunks committed, then the worker died
+    zombie = BatchStaging(connect, run.dag_run_id, 0, BATCH_URLS, chunk_rows=2)  # thought lost, still running
+    retry = BatchStaging(connect, run.dag_run_id, 0, BATCH_URLS, chunk_rows=2)
+    for url in BATCH_URLS:
+        zombie.add(failed(url))
+        retry.add(ok(url))
+
+    retry.finish()
+    assert query(connect, "SELECT DISTINCT attempt FROM harvest.staged_results") == [(retry.attempt,)]
+    with pytest.raises(RuntimeError, match="another attempt of batch 0 ended while this one ran"):
+        zombie.finish()
+
+    with closing(connect()) as conn:
+        summary = record_staged_run(conn, run, batches=1, expected_urls=5)
+    assert summary.counts == {"ok": 5}
+
+
+def test_a_batch_missing_a_result_does_not_end_and_a_stray_or_repeated_result_is_refused(
+    connect: Any,
+) -> None:
+    staging = BatchStaging(connect, "manual__x", 0, BATCH_URLS)
+    for url in BATCH_URLS[:4]:
+        staging.add(ok(url))
+
+    with pytest.raises(ValueError, match="has a result already"):
+        staging.add(ok(BATCH_URLS[0]))
+    with pytest.raises(ValueError, match="is not a URL of batch 0"):
+        staging.add(ok("https://elsewhere.example.com/9.jpg"))
+    with pytest.raises(
+        RuntimeError, match=r"no result for 1 URLs of batch 0, such as https://a\.example\.com/4\.jpg"
+    ):
+        staging.finish()
+    assert query(connect, "SELECT count(*) FROM harvest.staged_batches") == [(0,)]
