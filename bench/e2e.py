@@ -110,6 +110,10 @@ HARVEST_MAX_ATTEMPTS, HARVEST_READ_TIMEOUT = 4, 10.0
 TARGET_OVER_RAW = 0.8  # loopback: harvest/raw
 TARGET_OVER_IMG2DATASET = 1.5  # both scenarios: harvest/img2dataset URLs/s
 TARGET_FLOOR_MARGIN = 1.10  # web, where the politeness floor binds: harvest within 10% of it
+# Loopback: the worker's peak memory over a long list, against a short one run just before on the
+# same stack ("flat": within what a run of the same list varies by, a few percent).
+MEMORY_BASELINE_URLS = 2_000
+TARGET_MEMORY_GROWTH = 1.05
 # The chord on the web: the same concurrency budget as Harvest, and a time limit for the full list.
 CHORD_WEB_MAX_SECONDS = 300
 
@@ -1292,6 +1296,19 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             s["hosts_over_limit"] == 0,
             ratio=s["peak_per_host"],
         )
+    baseline = report.get("memory_baseline")
+    if baseline and baseline["verified"] and _ok(h):
+        assert h is not None
+        growth = round(h["worker_peak_rss_bytes"] / baseline["worker_peak_rss_bytes"], 3)
+        add(
+            f"worker memory flat from {baseline['urls']:,} to {n:,} URLs (peak of the worker's process tree, "
+            f"≤ {TARGET_MEMORY_GROWTH} ×)",
+            f"{_mb(baseline['worker_peak_rss_bytes'])} → {_mb(h['worker_peak_rss_bytes'])} = {growth} × "
+            f"(largest process {_mb(baseline['peak_single_process_rss_bytes'])} → "
+            f"{_mb(h['peak_single_process_rss_bytes'])}; {baseline['batches']} → {h['batches']['count']} batches)",
+            growth <= TARGET_MEMORY_GROWTH,
+            ratio=growth,
+        )
     if _ok(h):
         assert h is not None
         missed = h["fetchable"] - h["fetched_fetchable"]
@@ -1821,6 +1838,8 @@ def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
             bench = _harvest_bench(args)
             try:
                 bench.start()
+                if count > MEMORY_BASELINE_URLS:
+                    report["memory_baseline"] = memory_baseline(bench, urls, expected, args, timeout)
                 profile = RESULTS_DIR.parent / "tmp" / f"profile-{count}.txt" if args.profile else None
                 attempt(
                     report,
@@ -1872,6 +1891,40 @@ def run_loopback(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
     return report
+
+
+def memory_baseline(
+    bench: HarvestBench,
+    urls: list[str],
+    expected: Mapping[str, ImageSpec],
+    args: argparse.Namespace,
+    timeout: float,
+) -> dict[str, Any]:
+    """A Harvest run of the list's first :data:`MEMORY_BASELINE_URLS` URLs, the reference of the
+    memory target: the worker's peak over the whole list must stay within
+    :data:`TARGET_MEMORY_GROWTH` of it."""
+    short = urls[:MEMORY_BASELINE_URLS]
+    figures = bench.run(
+        short,
+        expected={url: expected[url] for url in short if url in expected},
+        batch_size=args.batch_size,
+        threads=args.threads,
+        label="memory",
+        timeout=timeout,
+    )
+    print(
+        f"harvest, {MEMORY_BASELINE_URLS} URLs (memory baseline): worker tree peak "
+        f"{_mb(figures['worker_peak_rss_bytes'])}, largest process {_mb(figures['peak_single_process_rss_bytes'])}",
+        flush=True,
+    )
+    return {
+        "urls": MEMORY_BASELINE_URLS,
+        "verified": figures["verify"]["passed"],
+        "urls_per_s": figures["urls_per_s"],
+        "batches": figures["batches"]["count"],
+        "worker_peak_rss_bytes": figures["worker_peak_rss_bytes"],
+        "peak_single_process_rss_bytes": figures["peak_single_process_rss_bytes"],
+    }
 
 
 def run_web(args: argparse.Namespace) -> dict[str, Any]:

@@ -86,3 +86,30 @@ def test_without_the_engine_contender_no_ceiling_is_claimed(report: dict[str, An
     assert not any(
         line.startswith(("out of reach", "ceiling")) for line in target["would_reach"] + target["reasons"]
     )
+
+
+@pytest.mark.parametrize(("peak_mib", "status"), [(1200, "PASS"), (1400, "MISS")])
+def test_the_memory_target_compares_the_worker_peak_with_the_short_run_before_it(
+    report: dict[str, Any], peak_mib: int, status: str
+) -> None:
+    report["memory_baseline"] = {
+        "urls": 2000,
+        "verified": True,
+        "urls_per_s": 200.0,
+        "batches": 2,
+        "worker_peak_rss_bytes": 1176 * 2**20,
+        "peak_single_process_rss_bytes": 200 * 2**20,
+    }
+    report["contenders"]["harvest"]["worker_peak_rss_bytes"] = peak_mib * 2**20
+
+    [target] = [t for t in e2e.targets(report) if t["target"].startswith("worker memory flat")]
+
+    assert target["status"] == status
+    assert target["ratio"] == round(peak_mib / 1176, 3)
+    assert target["target"].startswith("worker memory flat from 2,000 to 100,000 URLs")
+
+
+def test_no_memory_target_without_a_verified_baseline(report: dict[str, Any]) -> None:
+    assert not [t for t in e2e.targets(report) if t["target"].startswith("worker memory")]
+    report["memory_baseline"] = {"urls": 2000, "verified": False}
+    assert not [t for t in e2e.targets(report) if t["target"].startswith("worker memory")]

@@ -31,6 +31,7 @@ from include.harvest.models import Result, Status
 __all__ = [
     "COPY_CHUNK_ROWS",
     "DOWNLOAD_COLUMNS",
+    "STAGE_CHUNK_ROWS",
     "BatchStaging",
     "Column",
     "IncompleteRun",
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 # Results are copied to Postgres this many at a time: memory stays at one chunk of text however
 # many results the run has, and each COPY round trip is large enough to be cheap.
 COPY_CHUNK_ROWS = 5_000
+# A running batch stages its results this many at a time (one connection and COPY each): a chunk
+# of text is what the task holds of them, so it is kept small next to the rest of the task.
+STAGE_CHUNK_ROWS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +253,7 @@ def stage_results(conn: Any, dag_run_id: str, batch: int, results: Iterable[Resu
 class BatchStaging:
     """One attempt at a batch, staging its results in ``harvest.staged_results`` as they finish.
 
-    Results are COPYed in committed chunks of :data:`COPY_CHUNK_ROWS` under this attempt's id, so
+    Results are COPYed in committed chunks of :data:`STAGE_CHUNK_ROWS` under this attempt's id, so
     the task holds one chunk, not the batch's results: worker memory does not grow with the batch
     size. They count once :meth:`finish` has checked that every URL of the batch has one, and made
     this attempt the batch's staged results in one short transaction that deletes what any other
@@ -270,7 +274,7 @@ class BatchStaging:
         batch: int,
         urls: Sequence[str],
         *,
-        chunk_rows: int = COPY_CHUNK_ROWS,
+        chunk_rows: int = STAGE_CHUNK_ROWS,
     ) -> None:
         self.dag_run_id = dag_run_id
         self.batch = batch
@@ -459,7 +463,11 @@ def _transaction(conn: Any) -> Iterator[None]:
 
 def _copy_in(cur: Any, sql: str, data: str) -> None:
     if hasattr(cur, "copy_expert"):  # psycopg2
-        cur.copy_expert(sql, io.StringIO(data))
+        from psycopg2.extensions import encodings
+
+        # Bytes in the connection's encoding, as psycopg2 would send the text: a StringIO of the
+        # chunk would hold it at 4 bytes a character, the largest allocation of a batch task.
+        cur.copy_expert(sql, io.BytesIO(data.encode(encodings[cur.connection.encoding])))
     else:  # psycopg 3
         with cur.copy(sql) as copy:
             copy.write(data)
