@@ -96,7 +96,9 @@ def choose_batch_size(
 def _automatic_size(count: int, worker_slots: int | None) -> int:
     if worker_slots is None:
         return DEFAULT_BATCH_SIZE
-    return min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, math.ceil(count / (worker_slots * WAVES))))
+    # As many waves as MAX_AUTO_BATCH needs, each slot one batch a wave, so no wave is half empty.
+    waves = max(WAVES, math.ceil(count / (worker_slots * MAX_AUTO_BATCH)))
+    return max(MIN_AUTO_BATCH, math.ceil(count / (worker_slots * waves)))
 
 
 def plan_batches(

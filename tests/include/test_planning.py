@@ -93,6 +93,7 @@ def test_describe_batch_counts_urls_and_hosts() -> None:
         (20_000, 4, 4),  # one wave over 4 slots, 5,000 URLs each (was 20 task life cycles)
         (100_000, 4, 4),  # one per slot: 25,000 URLs each (was 100 batches at a fixed 1,000)
         (400_000, 4, 8),  # capped at 50,000 URLs a batch: two waves
+        (220_000, 4, 8),  # two whole waves of 27,500, not four batches of 50,000 and one alone
         (100_000, 16, 16),  # more slots, more batches: one per slot
         (2_000, 4, 4),  # never under 500 URLs: a batch must cost more to fetch than to schedule
         (1_000, 4, 2),
