@@ -1299,16 +1299,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     baseline = report.get("memory_baseline")
     if baseline and baseline["verified"] and _ok(h):
         assert h is not None
-        growth = round(h["worker_peak_rss_bytes"] / baseline["worker_peak_rss_bytes"], 3)
-        add(
-            f"worker memory flat from {baseline['urls']:,} to {n:,} URLs (peak of the worker's process tree, "
-            f"≤ {TARGET_MEMORY_GROWTH} ×)",
-            f"{_mb(baseline['worker_peak_rss_bytes'])} → {_mb(h['worker_peak_rss_bytes'])} = {growth} × "
-            f"(largest process {_mb(baseline['peak_single_process_rss_bytes'])} → "
-            f"{_mb(h['peak_single_process_rss_bytes'])}; {baseline['batches']} → {h['batches']['count']} batches)",
-            growth <= TARGET_MEMORY_GROWTH,
-            ratio=growth,
-        )
+        found.append(memory_target(baseline, h, n))
     if _ok(h):
         assert h is not None
         missed = h["fetchable"] - h["fetched_fetchable"]
@@ -1323,6 +1314,45 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{count} × {error}" for error, count in h["rows"]["fetchable_not_ok_by_error"].items()
             ][:15]
     return found
+
+
+def memory_target(baseline: dict[str, Any], h: dict[str, Any], n: int) -> dict[str, Any]:
+    """Worker memory flat from the short run to the long one, measured on a batch task's process.
+
+    The worker tree's sum depends on how many batch tasks happen to run at the sampled moment (a
+    short list's two batches of 1,000 may not overlap), so the target compares the largest process
+    of the tree, a batch task, the part of the worker that could grow with the list (the tree adds
+    one per busy slot); the tree's figures are printed beside it.
+    """
+    base, peak = baseline["peak_single_process_rss_bytes"], h["peak_single_process_rss_bytes"]
+    growth = round(peak / base, 3)
+    batch_long = n / max(1, h["batches"]["count"])
+    batch_short = baseline["urls"] / max(1, baseline["batches"])
+    item: dict[str, Any] = {
+        "target": f"worker memory flat from {baseline['urls']:,} to {n:,} URLs (a batch task's peak, "
+        f"≤ {TARGET_MEMORY_GROWTH} ×)",
+        "measured": f"{_mb(base)} → {_mb(peak)} = {growth} × with batches of {batch_short:,.0f} → "
+        f"{batch_long:,.0f} URLs (worker tree {_mb(baseline['worker_peak_rss_bytes'])} → "
+        f"{_mb(h['worker_peak_rss_bytes'])}, {baseline['batches']} → {h['batches']['count']} batches)",
+        "status": "PASS" if growth <= TARGET_MEMORY_GROWTH else "MISS",
+        "ratio": growth,
+    }
+    if item["status"] == "MISS" and batch_long > batch_short:
+        per_url = (peak - base) / (batch_long - batch_short)
+        allowed = (TARGET_MEMORY_GROWTH - 1) * base
+        largest = int(batch_short + allowed / per_url) if per_url > 0 else None
+        item["reasons"] = [
+            f"a batch task holds its batch's URL list while it runs (the frontier schedules over all of a "
+            f"batch's hosts): {_mb(peak - base)} more with {batch_long - batch_short:,.0f} more URLs per batch, "
+            f"{per_url / 1024:.2f} KiB per URL; the results are not held (staged in chunks). It is bounded by "
+            f"the batch size, not the list: batches stop growing at planning.MAX_AUTO_BATCH",
+        ]
+        if largest:
+            item["would_reach"] = [
+                f"batches of ≤ {largest:,} URLs (the run's batch_size, or a lower planning.MAX_AUTO_BATCH), at "
+                "the price of more task life cycles: each costs seconds of CPU (bench/README.md)"
+            ]
+    return item
 
 
 # ---- output ------------------------------------------------------------------------------------

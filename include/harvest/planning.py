@@ -8,9 +8,10 @@ so a large list gets larger batches rather than more of them.
 Sizing rule, for ``n`` URLs:
 
 1. start from ``batch_size`` if given; else, knowing the deployment's ``worker_slots`` (Celery task
-   slots over all workers), size for :data:`WAVES` batches per slot: ``ceil(n / (slots × WAVES))``
-   within [:data:`MIN_AUTO_BATCH`, :data:`MAX_AUTO_BATCH`], so that every slot is busy and few task
-   life cycles (and batch ends) are paid; else :data:`DEFAULT_BATCH_SIZE`;
+   slots over all workers), size for one batch per slot in each wave, ``ceil(n / (slots × waves))``,
+   with :data:`WAVES` waves or as many more as keep batches within :data:`MAX_AUTO_BATCH`, and at
+   least :data:`MIN_AUTO_BATCH`: every slot is busy in every wave, and few task life cycles (and
+   batch ends) are paid; else :data:`DEFAULT_BATCH_SIZE`;
 2. if ``ceil(n / size)`` batches would exceed ``max_batches``, grow the size to
    ``ceil(n / max_batches)`` (logged as a warning when it overrides an explicit ``batch_size``);
 3. split into ``ceil(n / size)`` contiguous batches whose lengths differ by at most one, so the last
@@ -52,10 +53,12 @@ DEFAULT_BATCH_SIZE = 1000
 # 148-152 for two waves; on loopback the two were the same (404 and 406 URLs/s). A batch's threads
 # balance hosts among themselves (frontier.py), which a second wave used to do coarsely. The bounds
 # keep a tiny list from being cut into pieces that cost more to schedule than to fetch, and a huge
-# one from batches whose memory would hurt (a batch holds its results until it stages them; a
-# killed one resumes from its checkpoints). Each batch task costs seconds of CPU outside the fetch
-# (process start, imports, staging): 100,000 URLs on 2 slots ran at 491-528 URLs/s in 10 batches
-# of 10,000 and at 701 in 2 of 50,000, for +110 MiB in the worker tree (1,218 -> 1,328 MiB).
+# one from batches whose memory would hurt: a batch task holds its batch's URL list (the frontier
+# schedules over all its hosts; the results are staged as they finish), about 0.7 KiB per URL.
+# Each batch task costs seconds of CPU outside the fetch (process start, imports, the batch's end):
+# 100,000 URLs on 2 slots, in one hour (bench/README.md), ran at 863 URLs/s in 10 batches of
+# 10,000, 1,046 in 4 of 25,000 and 1,217 in 2 of 50,000, for 216, 225 and 236 MiB at the peak of a
+# batch task (205 MiB with 1,000 URLs).
 WAVES = 1
 MIN_AUTO_BATCH = 500
 MAX_AUTO_BATCH = 50_000
