@@ -260,8 +260,9 @@ class BatchStaging:
     attempt of the batch staged. So a retried batch leaves one attempt's results, never a mix; an
     attempt that dies midway leaves rows nothing reads, deleted when the batch ends again or when
     the run's staged rows go with its recording. Of two attempts running at once (a worker thought
-    lost that still runs), the first to end wins; the other then fails on ending, changing nothing. No transaction stays open while URLs download,
-    so a worker lost with its connection holds no lock that a retry would wait on.
+    lost that still runs), the first to end wins; the other then fails on ending, changing nothing.
+    No transaction stays open while URLs download, so a worker lost with its connection holds no
+    lock that a retry would wait on.
 
     :meth:`add` is thread-safe (the engine's threads call it as each URL finishes); ``connect``
     opens a new connection, one per chunk, closed after it.
@@ -363,7 +364,7 @@ def _copy_staged(cur: Any, dag_run_id: str, batch: int, attempt: str, lines: Ite
 
 
 def _make_attempt_the_batchs(cur: Any, dag_run_id: str, batch: int, attempt: str, urls: int) -> None:
-    # Two attempts ending at once take turns on the batch's row: the later one wins, whole.
+    # Two attempts ending at once take turns: the upsert locks the batch's row until commit.
     cur.execute(
         "INSERT INTO harvest.staged_batches (dag_run_id, batch, attempt, urls) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (dag_run_id, batch) DO UPDATE"
