@@ -51,6 +51,7 @@ _EXPORTS = {
     "describe_batch": "planning",
     "fetch_batch": "fetch",
     "fetch_bytes": "fetch",
+    "fetch_each": "fetch",
     "host_limits_for": "hostlimits",
     "inspect_content": "content",
     "list_path_for": "sources",
