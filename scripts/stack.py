@@ -207,6 +207,11 @@ class Stack:
         return self.home / "supervisord.pid"
 
     @property
+    def internal_pidfile(self) -> Path:
+        """The one supervisord writes itself once it runs (``pidfile =`` in its config)."""
+        return self.home / "supervisord.pid.internal"
+
+    @property
     def password_file(self) -> Path:
         return self.home / "simple_auth_manager_passwords.json"
 
@@ -465,7 +470,7 @@ class Stack:
             [supervisord]
             nodaemon = true
             logfile = {logs / "supervisord.log"}
-            pidfile = {self.home / "supervisord.pid.internal"}
+            pidfile = {self.internal_pidfile}
             childlogdir = {logs}
             environment = {env}
             """
@@ -513,10 +518,18 @@ class Stack:
         return proc.pid if proc is not None else None
 
     def _supervisord(self) -> psutil.Process | None:
+        # Ours first; then supervisord's own, so that a pidfile of ours lost or misread never makes
+        # a running supervisord look stopped (stop() would then leave it and its programs running).
+        for pidfile in (self.pidfile, self.internal_pidfile):
+            if (proc := self._supervisord_in(pidfile)) is not None:
+                return proc
+        return None
+
+    def _supervisord_in(self, pidfile: Path) -> psutil.Process | None:
         import psutil
 
         try:
-            pid = int(self.pidfile.read_text().strip())
+            pid = int(pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
         try:

@@ -132,6 +132,21 @@ def test_a_supervisord_of_another_stack_is_not_ours(
     assert theirs.poll() is None
 
 
+def test_a_running_supervisord_is_found_by_its_own_pidfile_when_ours_is_lost(
+    stack: Stack, tmp_path: Path, spawn: list[subprocess.Popen[bytes]]
+):
+    """Stop must not leave a stack running because the pidfile it wrote is gone or half-written."""
+    ours = fake_supervisord(tmp_path, stack.supervisor_conf)
+    spawn.append(ours)
+    stack.home.mkdir(parents=True)
+    stack.pidfile.write_text("")  # misread (empty) ...
+    stack.internal_pidfile.write_text(f"{ours.pid}\n")  # ... but supervisord wrote its own
+
+    assert stack.running_pid() == ours.pid
+    assert stack.stop(timeout=10) is True
+    ours.wait(timeout=10)  # stopped (stop() reaped it: its exit status went to psutil)
+
+
 def test_start_records_a_supervisord_that_running_pid_and_stop_recognise(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ):
