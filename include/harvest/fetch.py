@@ -64,13 +64,10 @@ def fetch_batch(
             on_result(result)
 
     fetch_each(listed, settings, store=store, previous=previous, log=log, limits=limits, on_result=keep)
-    first: dict[str, UrlItem] = {}
-    for item in listed:
-        first.setdefault(item.url, item)
     ordered: list[Result] = []
     for item in listed:
-        result = results[item.url]
-        if first[item.url] is not item:  # a URL listed again: a copy, with this listing's line and meta
+        result = results[item.url]  # reported with the URL's first listing's line and meta
+        if (result.line, result.meta) != (item.line, item.meta):  # a URL listed again: its own copy
             result = dataclasses.replace(result, line=item.line, meta=item.meta)
         ordered.append(result)
     return ordered
