@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import textwrap
@@ -23,7 +22,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Nginx", "NginxError", "ensure_nginx", "ensure_nginx_module", "free_port"]
+from scripts.ports import free_port
+
+__all__ = ["Nginx", "NginxError", "ensure_nginx", "ensure_nginx_module"]
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 APT_PACKAGES = ("nginx-light", "nginx")
@@ -33,13 +34,6 @@ MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 
 class NginxError(RuntimeError):
     """nginx cannot be installed or started; the message says why."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _find_nginx() -> str | None:

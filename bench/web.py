@@ -83,7 +83,8 @@ from typing import Any
 
 from bench.imageset import DEFAULT_SEED as IMAGESET_SEED
 from bench.imageset import ImageSet, ImageSpec, build_imageset
-from bench.nginx import Nginx, NginxError, ensure_nginx_module, free_port
+from bench.nginx import Nginx, NginxError, ensure_nginx_module
+from scripts.ports import free_port
 
 __all__ = [
     "DEFAULT_SEED",

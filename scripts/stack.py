@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from include.harvest.settings import DEFAULT_USER_AGENT
+from scripts.ports import free_port
 
 if TYPE_CHECKING:
     import psutil
@@ -95,13 +95,6 @@ def load_dotenv(path: Path = REPO / ".env") -> dict[str, str]:
 
 def setting(name: str, default: str) -> str:
     return os.environ.get(name) or load_dotenv().get(name) or default
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def with_database(server_url: str, database: str) -> str:
@@ -578,18 +571,20 @@ class Stack:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=5) as resp:
                     health = json.load(resp)
+            except urllib.error.HTTPError as exc:
+                # Something answers on the port, and it is not our api-server's health endpoint.
+                last = f"port {self.api_port} answers the health check with {exc}: is another server on it?"
+                self._raise_if_failing(self.program_states())
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = f"api-server not answering yet ({exc})"
+            else:
                 states = {
                     part: (health.get(part) or {}).get("status")
                     for part in ("metadatabase", "scheduler", "dag_processor")
                 }
                 programs = self.program_states()
                 last = f"health: {states}, programs: {programs}"
-                failing = [
-                    name for name, state in programs.items() if state in ("FATAL", "BACKOFF", "EXITED")
-                ]
-                if failing:
-                    logs = ", ".join(str(self.home / "logs" / f"{name}.log") for name in failing)
-                    raise StackError(f"{', '.join(failing)} cannot start; see {logs}")
+                self._raise_if_failing(programs)
                 healthy = all(state == "healthy" for state in states.values())
                 if (
                     healthy
@@ -598,12 +593,16 @@ class Stack:
                     and self.worker_ready()
                 ):
                     return
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                last = f"api-server not answering yet ({exc})"
             time.sleep(2)
         raise StackError(
             f"the stack did not become healthy in {timeout:.0f}s: {last}; see {self.home / 'logs'}"
         )
+
+    def _raise_if_failing(self, programs: dict[str, str]) -> None:
+        failing = [name for name, state in programs.items() if state in ("FATAL", "BACKOFF", "EXITED")]
+        if failing:
+            logs = ", ".join(str(self.home / "logs" / f"{name}.log") for name in failing)
+            raise StackError(f"{', '.join(failing)} cannot start; see {logs}")
 
     def program_states(self) -> dict[str, str]:
         """State of every supervised program (RUNNING, STARTING, BACKOFF, FATAL, ...)."""

@@ -7,10 +7,14 @@ this stack's supervisord; values in supervisord's ``environment=`` reach the pro
 from __future__ import annotations
 
 import configparser
+import http.server
 import os
 import stat
 import subprocess
 import sys
+import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +170,39 @@ def test_start_records_a_supervisord_that_running_pid_and_stop_recognise(
     assert stopped is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert stack.running_pid() is None
+
+
+def test_an_api_port_another_server_holds_is_reported_as_the_api_server_failing_not_waited_out(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """A server already on the api port answers the health check with 404; the api-server itself
+    cannot bind and supervisord gives up on it. wait_healthy says so instead of waiting it out."""
+    (stack.home / "logs").mkdir(parents=True)
+    control = stack.supervisor_config().split("[program:", 1)[0]
+    # Stands in for the api-server: a server that cannot bind a port someone else holds.
+    api_server = textwrap.dedent(
+        f"""\
+        [program:api-server]
+        command = {sys.executable} -m http.server {stack.api_port} --bind 127.0.0.1
+        startsecs = 1
+        startretries = 1
+        """
+    )
+    monkeypatch.setattr(stack, "supervisor_config", lambda: control + api_server)
+
+    with http.server.ThreadingHTTPServer(
+        ("127.0.0.1", stack.api_port), http.server.BaseHTTPRequestHandler
+    ) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()  # answers every GET with 501
+        stack.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StackError, match=r"api-server cannot start; see .*api-server\.log"):
+                stack.wait_healthy(timeout=120)
+            assert time.monotonic() - started < 60
+        finally:
+            stack.stop(timeout=30)
+            other.shutdown()
 
 
 # -- supervisord's environment= ------------------------------------------------------------------

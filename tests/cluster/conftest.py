@@ -27,7 +27,8 @@ import redis
 
 from include.harvest.workfiles import RunWorkspace
 from scripts.airflow_api import AirflowAPI
-from scripts.stack import Stack, Worker, free_port
+from scripts.ports import free_port
+from scripts.stack import Stack, Worker
 from tests.s3 import MotoServer
 from tests.services import RedisServer
 from tests.sites import ImageSite, serve_images
