@@ -61,6 +61,12 @@ TASK_HEARTBEAT_TIMEOUT_S = 60
 # 5 s). On two busy cores the first call of a run was seen to take longer and cost a task try;
 # 30 s rides out a busy api-server, and the retries (default 5, with back-off) stay as they are.
 EXECUTION_API_TIMEOUT_S = 30
+# glibc's malloc hands blocks above its mmap threshold (128 KiB) to mmap, but raises the threshold
+# each time such a block is freed: image bodies (up to HARVEST_MAX_BYTES) then come from the fetch
+# threads' arenas, which they fragment for as long as a batch runs. Fixed at 128 KiB, a task that
+# fetched 50,000 URLs grew 6 MiB instead of 15, at the same speed (bench/README.md). The same value
+# is in docker-compose.yaml.
+MALLOC_MMAP_THRESHOLD = 131072
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,7 @@ class Stack:
             # Batches are sized from the slots of every worker of this stack, not of one.
             "HARVEST_WORKER_SLOTS": str(self.worker_concurrency * len(self.celery_workers)),
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD),
         }
         env.update(self.extra_env)
         return env

@@ -374,6 +374,11 @@ def test_fault_tolerance_settings_match_the_local_stack(common_env: dict[str, st
     assert float(heartbeat) < 300 and float(api_timeout) > 5
 
 
+def test_workers_fix_mallocs_mmap_threshold_as_the_local_stack_does(common_env: dict[str, str]) -> None:
+    assert int(common_env["MALLOC_MMAP_THRESHOLD_"]) == stack.MALLOC_MMAP_THRESHOLD
+    assert stack.Stack().environment()["MALLOC_MMAP_THRESHOLD_"] == str(stack.MALLOC_MMAP_THRESHOLD)
+
+
 # ---- brokers --------------------------------------------------------------------------------------
 def test_redis_broker_keeps_its_queue_across_restarts(
     compose: dict[str, Any], services: dict[str, Any]

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from include.harvest.downloader import Downloader
@@ -52,10 +52,18 @@ def fetch_batch(
     """Fetch, verify and store every URL; return one :class:`Result` per item, in input order.
 
     An item is a :class:`UrlItem` (its line and CSV metadata travel into its result) or a bare URL.
-    The other arguments are those of :func:`fetch_each`. The results are held until the end: a
-    caller that passes them on as they finish (the download task) uses :func:`fetch_each`.
+    A URL listed twice is fetched once, and each listing gets its result with its own line and
+    meta. The other arguments are those of :func:`fetch_each`. The results are held until the end:
+    a caller that passes them on as they finish (the download task) uses :func:`fetch_each`.
     """
     listed = [UrlItem(item) if isinstance(item, str) else item for item in items]
+    unique: dict[str, UrlItem] = {}
+    for item in listed:
+        unique.setdefault(item.url, item)
+    if len(unique) < len(listed):
+        (log or _module_log).info(
+            "%d duplicate URLs in this batch: each is fetched once", len(listed) - len(unique)
+        )
     results: dict[str, Result] = {}
 
     def keep(result: Result) -> None:
@@ -63,7 +71,16 @@ def fetch_batch(
         if on_result is not None:
             on_result(result)
 
-    fetch_each(listed, settings, store=store, previous=previous, log=log, limits=limits, on_result=keep)
+    fetch_each(
+        unique.values(),
+        settings,
+        store=store,
+        previous=previous,
+        log=log,
+        limits=limits,
+        on_result=keep,
+        total=len(unique),
+    )
     ordered: list[Result] = []
     for item in listed:
         result = results[item.url]  # reported with the URL's first listing's line and meta
@@ -74,38 +91,45 @@ def fetch_batch(
 
 
 def fetch_each(
-    items: Sequence[UrlItem],
+    items: Iterable[UrlItem],
     settings: FetchSettings,
     *,
     store: ContentAddressedStore,
     on_result: Callable[[Result], None],
+    total: int,
     previous: Mapping[str, Result] | None = None,
     log: logging.Logger | None = None,
     limits: HostLimits | None = None,
 ) -> None:
-    """Fetch, verify and store every URL, handing each :class:`Result` to ``on_result`` as soon as
-    its URL is finished; keep none of them.
+    """Fetch, verify and store every URL of ``items``, handing each :class:`Result` to ``on_result``
+    as soon as its URL is finished; keep none of them.
 
-    ``on_result`` is called once per *unique* URL (a URL listed twice is fetched and reported once,
-    with its first listing's line and meta), from the fetch threads, concurrently: it must be
-    thread-safe and cheap (it delays that thread's next URL). If it raises, the batch stops and the
-    error is raised, like a storage failure.
-    ``previous`` maps a URL to its last result, for conditional requests (ETag / Last-Modified).
-    ``limits`` replaces the per-host limits built from ``settings`` (tests, custom coordination).
+    ``items`` is read as the fetch threads need more URLs (:class:`.Frontier` holds a window of
+    them), so it can stream a batch of any size from its file; its URLs must be distinct
+    (:func:`fetch_batch` drops repeats first). ``total`` is how many it holds, for the progress lines.
+    ``on_result`` is called once per URL, from the fetch threads, concurrently: it must be
+    thread-safe and cheap (it delays that thread's next URL). If it (or reading ``items``) raises,
+    the batch stops and the error is raised, like a storage failure.
+    ``previous`` maps a URL to its last result, for conditional requests (ETag / Last-Modified);
+    it is read when the URL's fetch starts, so a caller streaming ``items`` may fill it as they are
+    read. ``items`` is read to its end even when ``total`` is 0. ``limits`` replaces the per-host limits built from ``settings`` (tests, custom coordination).
     """
     log = log or _module_log
     started = time.monotonic()
     deadline = started + settings.batch_deadline if settings.batch_deadline else None
-    unique: dict[str, UrlItem] = {}
-    for item in items:
-        unique.setdefault(item.url, item)
-    if len(unique) < len(items):
-        log.info("%d duplicate URLs in this batch: each is fetched once", len(items) - len(unique))
-    if not unique:
-        return
     downloader = Downloader(settings, limits=limits or host_limits_for(settings), log=log)
     try:
-        _run_all(downloader, list(unique.values()), store, previous or {}, deadline, log, started, on_result)
+        _run_all(
+            downloader,
+            items,
+            total,
+            store,
+            {} if previous is None else previous,
+            deadline,
+            log,
+            started,
+            on_result,
+        )
     finally:
         downloader.close()
 
@@ -131,7 +155,8 @@ def fetch_bytes(url: str, settings: FetchSettings, *, max_bytes: int) -> bytes:
 
 def _run_all(
     downloader: Downloader,
-    items: list[UrlItem],
+    items: Iterable[UrlItem],
+    total: int,
     store: ContentAddressedStore,
     previous: Mapping[str, Result],
     deadline: float | None,
@@ -145,7 +170,7 @@ def _run_all(
     One long-lived task per thread rather than one future per URL: waiting on tens of thousands of
     futures (or waking up for each result) costs more GIL time than the downloads themselves.
     """
-    workers = max(1, min(downloader.settings.concurrency, len(items)))
+    workers = max(1, min(downloader.settings.concurrency, total))
     frontier = Frontier(
         items, downloader.exchange.limits, per_host=downloader.settings.per_host_concurrency, threads=workers
     )
@@ -182,10 +207,10 @@ def _run_all(
         for _ in range(workers):
             executor.submit(work)
         while not all_done.wait(timeout=interval):
-            _log_progress(log, tally, len(items), started)
+            _log_progress(log, tally, total, started)
     if errors:
         raise errors[0]
-    _log_progress(log, tally, len(items), started, final=True)
+    _log_progress(log, tally, total, started, final=True)
 
 
 class _Tally:

@@ -15,14 +15,20 @@ batch's tail on its own, without filling every small host to ``per_host`` connec
 new connection costs a handshake, and a host with a few URLs left is served as fast by one kept-alive
 connection. The per-host limit itself is enforced where the request is sent (:mod:`.exchange`),
 whatever this order.
+
+The frontier reads its URLs from an iterator, holding at most a window of them (:data:`WINDOW`)
+and reading more once half of it is handed out: a batch task's memory does not grow with its size.
+The batch files are written with each host's URLs spread evenly over the file
+(:func:`.planning.spread_hosts`), so any window holds the batch's mix of hosts.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 
 from include.harvest.hostlimits import HostLimits
 from include.harvest.models import UrlItem
@@ -33,45 +39,96 @@ __all__ = ["Frontier", "host_key"]
 # are few (each has a thread of this batch in progress, or is paused), but a burst of pauses must
 # not make every pick walk thousands of hosts.
 MAX_HOSTS_LOOKED_AT = 256
+# URLs read ahead of the fetch threads. Enough for the shares to see the batch's hosts, and a small
+# part of a task's memory (about 0.7 KiB a URL).
+WINDOW = 5000
 
 
 class Frontier:
     """The URLs of one batch, handed out one at a time to its fetch threads (thread-safe)."""
 
-    def __init__(self, items: list[UrlItem], limits: HostLimits, *, per_host: int, threads: int) -> None:
-        by_host: dict[str, deque[UrlItem]] = defaultdict(deque)
-        for item in items:
-            by_host[host_key(item.url)].append(item)
-        # Sorted once, by size: a host's rank by URLs left barely changes, as every host is worked
-        # on in proportion to what it has left.
-        self._pending = OrderedDict(sorted(by_host.items(), key=lambda entry: -len(entry[1])))
-        self._left = len(items)
+    def __init__(
+        self,
+        items: Iterable[UrlItem],
+        limits: HostLimits,
+        *,
+        per_host: int,
+        threads: int,
+        window: int | None = None,
+    ) -> None:
+        self._source = iter(items)
+        self._window = max(window or WINDOW, 2)
+        self._pending: OrderedDict[str, deque[UrlItem]] = OrderedDict()
+        self._left = 0  # URLs read and not handed out yet
+        self._reading = False
+        self._read_all = False
         self._in_progress: dict[str, int] = {}
         self._limits = limits
         self._per_host = per_host
         self._threads = threads
         self._lock = threading.Lock()
+        self._read = threading.Condition(self._lock)  # a read ahead ended
+        self._read_ahead()
 
     def take(self) -> UrlItem | None:
         """The next URL to fetch, or None when every URL has been handed out.
 
-        Every URL taken must be handed back to :meth:`done` once its result is filed.
+        Every URL taken must be handed back to :meth:`done` once its result is filed. Reading the
+        source may raise; the error is raised here, in the thread that was reading.
+        """
+        while True:
+            self._read_ahead()
+            with self._lock:
+                if self._pending:
+                    return self._take_one()
+                if not self._reading:
+                    if self._read_all:
+                        return None
+                    continue  # the window ran dry before anybody read ahead: read now
+                self._read.wait()  # the window ran dry while a thread reads ahead: wait for it
+
+    def _read_ahead(self) -> None:
+        """Top the window up from the source once half of it is handed out.
+
+        One thread reads, outside the lock, while the others keep taking URLs from the other half:
+        the source may be a file in an object store, and the caller's generator may query Postgres.
         """
         with self._lock:
-            if not self._pending:
-                return None
-            host = self._first_with_room(self._share)
-            if host is None:
-                host = self._first_with_room(lambda _pending: self._per_host)
-            if host is None:
-                host = next(iter(self._pending))  # every host is busy: wait for the biggest one's slot
-            pending = self._pending[host]
-            item = pending.popleft()
-            if not pending:
-                del self._pending[host]
-            self._left -= 1
-            self._in_progress[host] = self._in_progress.get(host, 0) + 1
-            return item
+            if self._read_all or self._reading or self._left > self._window // 2:
+                return
+            self._reading = True
+            wanted = self._window - self._left
+        read: list[UrlItem] = []
+        try:
+            read = list(itertools.islice(self._source, wanted))
+        finally:
+            with self._lock:
+                for item in read:
+                    pending = self._pending.get(key := host_key(item.url))
+                    if pending is None:
+                        pending = self._pending[key] = deque()
+                    pending.append(item)
+                self._left += len(read)
+                self._read_all = len(read) < wanted
+                self._reading = False
+                # Sorted by size at each read: a host's rank by URLs left barely changes between
+                # two reads, as every host is worked on in proportion to what it has left.
+                self._pending = OrderedDict(sorted(self._pending.items(), key=lambda entry: -len(entry[1])))
+                self._read.notify_all()
+
+    def _take_one(self) -> UrlItem:
+        host = self._first_with_room(self._share)
+        if host is None:
+            host = self._first_with_room(lambda _pending: self._per_host)
+        if host is None:
+            host = next(iter(self._pending))  # every host is busy: wait for the biggest one's slot
+        pending = self._pending[host]
+        item = pending.popleft()
+        if not pending:
+            del self._pending[host]
+        self._left -= 1
+        self._in_progress[host] = self._in_progress.get(host, 0) + 1
+        return item
 
     def _share(self, pending: deque[UrlItem]) -> int:
         """How many threads a host with ``pending`` URLs left gets: its part of the URLs left."""

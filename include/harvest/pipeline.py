@@ -11,21 +11,23 @@ sense: running it again for the same run gives the same files and the same rows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from include.harvest import planning, results, sources
-from include.harvest.models import Result
+from include.harvest.models import Result, UrlItem
 from include.harvest.objectstore import check_access
 from include.harvest.settings import FetchSettings
 from include.harvest.workfiles import (
     RunWorkspace,
     exists,
+    iter_items,
     read_items,
     read_results,
     write_items,
@@ -36,6 +38,9 @@ __all__ = ["MAX_LIST_BYTES", "RunContext", "download", "plan", "read_sources", "
 
 log = logging.getLogger(__name__)
 
+# A batch task reads its batch from its file this many URLs at a time: one query for their earlier
+# copies, one check of the checkpoint, as the fetch threads need more.
+STAGE_READ_CHUNK = 1000
 # A remote URL list is read whole into memory before parsing; bound it.
 MAX_LIST_BYTES = 512 * 1024 * 1024
 
@@ -252,7 +257,7 @@ def plan(
     planned = []
     for index, batch in enumerate(batches):
         uri = workspace.batch_uri(index)
-        write_items(uri, batch)
+        write_items(uri, planning.spread_hosts(batch))
         planned.append(
             {
                 "index": index,
@@ -292,14 +297,11 @@ def download(
             "this batch was planned by an earlier version of Harvest, whose reduce read result files: "
             "clear the whole run (from read_sources) to download it again"
         )
-    try:
-        items = read_items(batch["uri"])
-    except FileNotFoundError as exc:
+    if not exists(batch["uri"]):
         raise FileNotFoundError(
             f"{batch['uri']} is gone: a run's work files are deleted once it is recorded. To download "
             "this run again, clear the whole run (from read_sources), not one of its batches."
-        ) from exc
-    urls = [item.url for item in items]  # unique: read_sources dropped duplicates
+        )
     store = ContentAddressedStore(storage_uri)
     # Results an earlier attempt staged (killed before Airflow saved its return value) are not
     # reused: the batch is computed again, from the checkpoints if any are left. Reusing them would
@@ -308,43 +310,75 @@ def download(
     # result per URL, and the reduce upserts: the same rows.
     partial_uri: str | None = batch.get("partial_uri")  # absent from batches planned before checkpoints
     earlier = checkpoints.load_checkpoint(partial_uri, log=log) if partial_uri else {}
-    reused = checkpoints.reusable_results(earlier, urls, store) if earlier else {}
-    to_fetch = [item for item in items if item.url not in reused]
-    if earlier:
-        log.info(
-            "resuming: %d URLs already stored by an earlier attempt, %d to fetch", len(reused), len(to_fetch)
-        )
-    previous: dict[str, Result] = {}
-    if to_fetch and use_previous and settings.conditional_requests:
-        fetch_urls = [item.url for item in to_fetch]
-        with closing(connect()) as conn:
-            recorded = results.load_previous(conn, fetch_urls)
-        # A 304 only confirms the copy we hold: trust it only if its blob is in this store (not
-        # deleted, not in a store the operator moved away from); otherwise download in full.
-        previous = checkpoints.reusable_results(recorded, fetch_urls, store) if recorded else {}
-        if len(previous) < len(recorded):
-            log.info(
-                "%d of %d earlier copies are not in %s: downloading them in full",
-                len(recorded) - len(previous),
-                len(recorded),
-                storage_uri,
-            )
-    # Staged while the batch runs, a chunk at a time, so the task never holds the batch's results
-    # (worker memory does not grow with the batch size) and the reduce only finalises in SQL.
-    staging = results.BatchStaging(connect, batch["dag_run_id"], batch["index"], urls)
+    # The checkpoint holds this batch's URLs only: what to reuse is known before reading the batch.
+    reused = checkpoints.reusable_results(earlier, earlier, store) if earlier else {}
     reused_count = len(reused)
-    for result in reused.values():
-        staging.add(result)
-    del earlier, reused
+    del earlier
+    if reused:
+        log.info(
+            "resuming: %d URLs already stored by an earlier attempt, %d to fetch",
+            reused_count,
+            batch["urls"] - reused_count,
+        )
+    conditional = use_previous and settings.conditional_requests
+    # Staged while the batch runs, a chunk at a time, so the task never holds the batch's results
+    # and the reduce only finalises in SQL.
+    staging = results.BatchStaging(connect, batch["dag_run_id"], batch["index"])
+    previous: dict[str, Result] = {}  # for the URLs read and not finished yet: see finished()
+    tally = {"recorded": 0, "trusted": 0}
+
+    def to_fetch() -> Iterator[UrlItem]:
+        """The batch's URLs that need a fetch, read from its file a chunk at a time as the fetch
+        threads need more; the others (stored by an earlier attempt) are staged on the way. The
+        task holds a window of the batch (:class:`.Frontier`), never the batch: its memory does not
+        grow with the batch size."""
+        items = iter_items(batch["uri"])
+        while chunk := list(itertools.islice(items, STAGE_READ_CHUNK)):
+            urls = [item.url for item in chunk]
+            staging.expect(urls)  # unique: read_sources dropped duplicates
+            fetch = []
+            for item in chunk:
+                if (result := reused.pop(item.url, None)) is not None:
+                    staging.add(result)
+                else:
+                    fetch.append(item)
+            if fetch and conditional:
+                fetch_urls = [item.url for item in fetch]
+                with closing(connect()) as conn:
+                    recorded = results.load_previous(conn, fetch_urls)
+                # A 304 only confirms the copy we hold: trust it only if its blob is in this store
+                # (not deleted, not in a store the operator moved away from); else download in full.
+                trusted = checkpoints.reusable_results(recorded, fetch_urls, store) if recorded else {}
+                previous.update(trusted)
+                tally["recorded"] += len(recorded)
+                tally["trusted"] += len(trusted)
+            yield from fetch
+
     checkpoint = checkpoints.BatchCheckpoint(partial_uri, log=log) if partial_uri else None
 
     def finished(result: Result) -> None:
+        previous.pop(result.url, None)  # read when its fetch started; not needed any more
         if checkpoint is not None:
             checkpoint.add(result)
         staging.add(result)
 
     with checkpoint or nullcontext():
-        fetch_each(to_fetch, settings, store=store, previous=previous, log=log, on_result=finished)
+        fetch_each(
+            to_fetch(),
+            settings,
+            store=store,
+            previous=previous,
+            log=log,
+            on_result=finished,
+            total=batch["urls"] - reused_count,
+        )
+    if tally["trusted"] < tally["recorded"]:
+        log.info(
+            "%d of %d earlier copies are not in %s: downloaded them in full",
+            tally["recorded"] - tally["trusted"],
+            tally["recorded"],
+            storage_uri,
+        )
     staged = staging.finish()  # raises if a URL has no result: a silent drop would lose it
     if partial_uri:
         checkpoints.discard_checkpoint(partial_uri, log=log)

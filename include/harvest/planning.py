@@ -17,16 +17,20 @@ Sizing rule, for ``n`` URLs:
 3. split into ``ceil(n / size)`` contiguous batches whose lengths differ by at most one, so the last
    batch is not a straggler of a few URLs: no batch is longer than the size chosen.
 
-The list order is kept: concatenating the batches gives the input back.
+The list order is kept: concatenating the batches gives the input back. Within a batch's file,
+:func:`spread_hosts` spreads each host's URLs evenly, because its task reads the file a window at
+a time.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from include.harvest.frontier import host_key
 from include.harvest.models import UrlItem
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "choose_batch_size",
     "describe_batch",
     "plan_batches",
+    "spread_hosts",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,3 +142,28 @@ def describe_batch(batch: Sequence[UrlItem]) -> str:
     urls_word = "url" if len(batch) == 1 else "urls"
     hosts_word = "host" if len(hosts) == 1 else "hosts"
     return f"{len(batch)} {urls_word} · {len(hosts)} {hosts_word}"
+
+
+def spread_hosts(batch: Sequence[UrlItem]) -> list[UrlItem]:
+    """The batch's URLs with each host's spread evenly over it; a host's own keep their order.
+
+    A batch task reads its file a window at a time (:class:`.Frontier`), and shares its fetch
+    threads among the hosts of the window. Spread, every window holds the batch's mix of hosts: a
+    list sorted by host does not leave the task fetching one host at a time, at its per-host limit.
+    """
+    by_host: dict[str, list[UrlItem]] = defaultdict(list)
+    for item in batch:
+        by_host[host_key(item.url)].append(item)
+    # Host h's k-th of n URLs goes at (k + offset_h) / n. The offsets follow the golden ratio, which
+    # spreads them evenly over [0, 1) for any number of hosts: the many hosts of a URL or two are
+    # spread over the batch too, instead of meeting in its middle.
+    placed = [
+        ((index + (host * _GOLDEN) % 1.0) / len(urls), item)
+        for host, urls in enumerate(by_host.values())
+        for index, item in enumerate(urls)
+    ]
+    placed.sort(key=lambda entry: entry[0])
+    return [item for _, item in placed]
+
+
+_GOLDEN = (math.sqrt(5) - 1) / 2

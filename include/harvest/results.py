@@ -264,6 +264,10 @@ class BatchStaging:
     No transaction stays open while URLs download, so a worker lost with its connection holds no
     lock that a retry would wait on.
 
+    The batch's URLs are announced with :meth:`expect` as they are read (the constructor's
+    ``urls`` are the first), each numbered by its place in the batch, and forgotten once answered:
+    the task holds the URLs in flight, not the batch's.
+
     :meth:`add` is thread-safe (the engine's threads call it as each URL finishes); ``connect``
     opens a new connection, one per chunk, closed after it.
     """
@@ -273,7 +277,7 @@ class BatchStaging:
         connect: Callable[[], Any],
         dag_run_id: str,
         batch: int,
-        urls: Sequence[str],
+        urls: Iterable[str] = (),
         *,
         chunk_rows: int = STAGE_CHUNK_ROWS,
     ) -> None:
@@ -284,27 +288,36 @@ class BatchStaging:
         self.ok_bytes = 0
         self._connect = connect
         self._chunk_rows = chunk_rows
-        self._seq: dict[str, int] = {}
-        for seq, url in enumerate(urls):
-            self._seq.setdefault(url, seq)
-        self._answered = bytearray(len(urls))  # by seq: 1 once the URL has a result
+        self._unanswered: dict[str, int] = {}  # URL -> its place in the batch
+        self._expected = 0
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        self.expect(urls)
+
+    def expect(self, urls: Iterable[str]) -> None:
+        """Announce more URLs of the batch, in the batch's order; each must come once."""
+        with self._lock:
+            for url in urls:
+                if url in self._unanswered:
+                    raise ValueError(f"{url} is listed twice in batch {self.batch}")
+                self._unanswered[url] = self._expected
+                self._expected += 1
 
     def add(self, result: Result) -> None:
-        """Stage the result of one URL of the batch (at most one per URL)."""
-        seq = self._seq.get(result.url)
-        if seq is None:
-            raise ValueError(f"{result.url} is not a URL of batch {self.batch}")
-        line = _copy_line(seq, result)
+        """Stage the result of one URL of the batch (one per URL)."""
         with self._lock:
-            if self._answered[seq]:
-                raise ValueError(f"{result.url} has a result already in batch {self.batch}")
-            self._answered[seq] = 1
+            seq = self._unanswered.pop(result.url, None)
+            if seq is None:
+                raise ValueError(
+                    f"{result.url} is not a URL of batch {self.batch} waiting for a result: "
+                    "not in the batch, or answered already"
+                )
             status = str(result.status)
             self.counts[status] = self.counts.get(status, 0) + 1
             if result.status == Status.OK:
                 self.ok_bytes += result.bytes or 0
+        line = _copy_line(seq, result)  # outside the lock: the other threads add meanwhile
+        with self._lock:
             self._lines.append(line)
             if len(self._lines) < self._chunk_rows:
                 return
@@ -318,26 +331,27 @@ class BatchStaging:
         """
         with self._lock:
             chunk, self._lines = self._lines, []
-            missing = [url for url, seq in self._seq.items() if not self._answered[seq]]
+            missing = list(self._unanswered)
         if missing:  # the engine's contract is one result per URL: a silent drop would lose URLs
             raise RuntimeError(
                 f"no result for {len(missing)} URLs of batch {self.batch}, such as {missing[0]}"
             )
+        expected = self._expected
         with closing(self._connect()) as conn, _transaction(conn), conn.cursor() as cur:
             _copy_staged(cur, self.dag_run_id, self.batch, self.attempt, iter(chunk))
-            _make_attempt_the_batchs(cur, self.dag_run_id, self.batch, self.attempt, len(self._seq))
+            _make_attempt_the_batchs(cur, self.dag_run_id, self.batch, self.attempt, expected)
             cur.execute(
                 "SELECT count(*) FROM harvest.staged_results WHERE dag_run_id = %s AND batch = %s AND attempt = %s",
                 (self.dag_run_id, self.batch, self.attempt),
             )
             (kept,) = cur.fetchone()
-            if kept != len(self._seq):  # rolled back: the batch keeps the attempt that ended first
+            if kept != expected:  # rolled back: the batch keeps the attempt that ended first
                 raise RuntimeError(
                     f"another attempt of batch {self.batch} ended while this one ran (a worker thought "
-                    f"lost, still running?) and replaced its results: {kept} of {len(self._seq)} are left. "
+                    f"lost, still running?) and replaced its results: {kept} of {expected} are left. "
                     "The batch's results are the other attempt's; nothing of this one was kept."
                 )
-        return len(self._seq)
+        return expected
 
     def _copy(self, chunk: list[str]) -> None:
         with closing(self._connect()) as conn, _transaction(conn), conn.cursor() as cur:

@@ -34,7 +34,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 from include.harvest.models import Result, UrlItem
 
-__all__ = ["RunWorkspace", "exists", "read_items", "read_results", "write_items", "write_results"]
+__all__ = [
+    "RunWorkspace",
+    "exists",
+    "iter_items",
+    "read_items",
+    "read_results",
+    "write_items",
+    "write_results",
+]
 
 
 def _safe_name(text: str) -> str:
@@ -123,7 +131,13 @@ def exists(uri: str) -> bool:
 
 
 def read_items(uri: str) -> list[UrlItem]:
-    return [UrlItem(url=r["url"], line=r.get("line"), meta=r.get("meta")) for r in _iter_jsonl(uri)]
+    return list(iter_items(uri))
+
+
+def iter_items(uri: str) -> Iterator[UrlItem]:
+    """The items of a work file, read as they are asked for (a batch task streams its batch)."""
+    for record in _iter_jsonl(uri):
+        yield UrlItem(url=record["url"], line=record.get("line"), meta=record.get("meta"))
 
 
 def read_results(uris: Iterable[str]) -> Iterator[Result]:

@@ -118,6 +118,78 @@ def test_every_url_is_handed_out_once_then_none() -> None:
     assert frontier.take() is None
 
 
+def test_the_urls_are_read_a_window_at_a_time_as_threads_take_them() -> None:
+    """The task holds a window of its batch, not the batch: read again once half is handed out."""
+    read = 0
+
+    def source() -> Iterator[UrlItem]:
+        nonlocal read
+        for n in range(100):
+            read += 1
+            yield UrlItem(f"https://h{n % 7}.example/{n}.jpg")
+
+    frontier = Frontier(source(), LocalHostLimits(per_host=100), per_host=100, threads=4, window=10)
+    assert read == 10  # the first window, before any thread asks
+    taken = []
+    most_held = 0
+    while (item := frontier.take()) is not None:
+        taken.append(item)
+        frontier.done(item)
+        most_held = max(most_held, read - len(taken))
+    assert sorted(item.url for item in taken) == sorted(
+        f"https://h{n % 7}.example/{n}.jpg" for n in range(100)
+    )
+    assert most_held <= 10
+
+
+def test_threads_that_find_the_window_empty_while_one_reads_wait_for_it_and_none_is_lost() -> None:
+    """A slow source (a file in an object store): the threads take every URL once, and no thread
+    ends while URLs are still to be read."""
+
+    def slow_source() -> Iterator[UrlItem]:
+        for n in range(200):
+            if n % 8 == 0:
+                time.sleep(0.005)
+            yield UrlItem(f"https://h{n % 5}.example/{n}.jpg")
+
+    frontier = Frontier(slow_source(), LocalHostLimits(per_host=100), per_host=100, threads=6, window=8)
+    taken: list[UrlItem] = []
+    ended_at: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while (item := frontier.take()) is not None:
+            with lock:
+                taken.append(item)
+            frontier.done(item)
+        with lock:
+            ended_at.append(len(taken))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(taken) == 200 and len({item.url for item in taken}) == 200
+    assert min(ended_at) >= 200 - 8 - 6, "a thread ended while the source still had URLs"
+
+
+def test_an_error_reading_the_urls_is_raised_in_the_thread_that_read_and_the_others_end() -> None:
+    def broken_source() -> Iterator[UrlItem]:
+        yield from items("a.example", 6)
+        raise OSError("the batch file is unreadable")
+
+    frontier = Frontier(broken_source(), LocalHostLimits(per_host=10), per_host=10, threads=2, window=4)
+    with pytest.raises(OSError, match="unreadable"):
+        while frontier.take() is not None:
+            pass
+    # The other threads get what was read, then None: none waits for a read that will not come.
+    rest = []
+    while (item := frontier.take()) is not None:
+        rest.append(item)
+    assert len(rest) <= 4
+
+
 class _SlowHosts:
     """One HTTP server per loopback address, each answering after its own delay."""
 

@@ -6,8 +6,9 @@ import hashlib
 import itertools
 import logging
 import shutil
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 import pytest
 
-from include.harvest import pipeline
+from include.harvest import frontier, pipeline
 from include.harvest.checkpoints import BatchCheckpoint
 from include.harvest.fetch import fetch_batch
-from include.harvest.models import Result, Status
-from include.harvest.results import DOWNLOAD_COLUMNS, IncompleteRun, stage_results
+from include.harvest.models import Result, Status, UrlItem
+from include.harvest.results import DOWNLOAD_COLUMNS, BatchStaging, IncompleteRun, stage_results
 from include.harvest.settings import FetchSettings
 from include.harvest.sources import SourceNotAllowed, SourceNotFound
 from include.harvest.storage import ContentAddressedStore
@@ -75,8 +76,12 @@ def test_a_100000_line_list_is_planned_within_max_map_length_with_every_url_once
 
     assert manifest["urls"] == 100_000 and manifest["outcome"] == "recorded"
     assert len(batches) <= 1024
-    planned = [item.url for batch in batches for item in read_items(batch["uri"])]
-    assert planned == urls  # each URL exactly once, in list order
+    start = 0
+    for batch in batches:  # each URL exactly once: the batches are the list's slices, in order
+        planned = [item.url for item in read_items(batch["uri"])]
+        assert sorted(planned) == sorted(urls[start : start + batch["urls"]])
+        start += batch["urls"]
+    assert start == len(urls)
     assert batches[0]["label"].startswith(f"batch 1/{len(batches)} · ")
 
 
@@ -184,6 +189,50 @@ def staged(dsn: str, batch: dict) -> list[Result]:
         rows = cur.fetchall()
     fields = [column.field for column in DOWNLOAD_COLUMNS]
     return [Result(**{**dict(zip(fields, row, strict=True)), "status": Status(row[1])}) for row in rows]
+
+
+def test_a_batch_task_holds_a_window_of_its_batch_not_the_batch(
+    tmp_path: Path,
+    harvest_db_dsn: str,
+    hostile_server: HostileServer,
+    fast_settings: FetchSettings,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Worker memory that does not grow with the batch: the URLs read from the batch file and not
+    answered yet are at most a window, the chunk being read and those in flight."""
+    monkeypatch.setattr(frontier, "WINDOW", 40)
+    monkeypatch.setattr(pipeline, "STAGE_READ_CHUNK", 10)
+    token = uuid.uuid4().hex[:8]
+    urls = [hostile_server.url(f"/ok.png?t={token}&n={n}") for n in range(300)]
+    batch = plan_one_batch(tmp_path, urls)
+    read = answered = most_held = 0
+    lock = threading.Lock()
+    real_iter_items, real_add = pipeline.iter_items, BatchStaging.add
+
+    def counted_items(uri: str) -> Iterator[UrlItem]:
+        nonlocal read, most_held
+        for item in real_iter_items(uri):
+            with lock:
+                read += 1
+                most_held = max(most_held, read - answered)
+            yield item
+
+    def counted_add(self: BatchStaging, result: Result) -> None:
+        nonlocal answered
+        real_add(self, result)
+        with lock:
+            answered += 1
+
+    monkeypatch.setattr(pipeline, "iter_items", counted_items)
+    monkeypatch.setattr(BatchStaging, "add", counted_add)
+
+    summary = pipeline.download(
+        batch, settings=fast_settings, storage_uri=(tmp_path / "storage").as_uri(), connect=db(harvest_db_dsn)
+    )
+
+    assert summary["urls"] == 300 and summary["counts"] == {"ok": 300}
+    assert sorted(result.url for result in staged(harvest_db_dsn, batch)) == sorted(urls)
+    assert most_held <= 40 + 10 + fast_settings.concurrency
 
 
 # -- a batch retried after its worker was killed ------------------------------------------------

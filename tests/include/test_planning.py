@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,6 +15,7 @@ from include.harvest.planning import (
     choose_batch_size,
     describe_batch,
     plan_batches,
+    spread_hosts,
 )
 
 
@@ -115,3 +118,23 @@ def test_an_explicit_batch_size_wins_over_the_worker_slots() -> None:
     assert len(plan_batches(make_items(2_000), batch_size=100, worker_slots=4)) == 20
     with pytest.raises(ValueError, match="worker_slots must be at least 1"):
         choose_batch_size(10, worker_slots=0)
+
+
+def test_a_list_sorted_by_host_is_written_with_every_window_holding_the_batchs_mix_of_hosts():
+    """A batch task reads its file a window at a time: sorted by host, a window would hold one host."""
+    batch = (
+        [UrlItem(f"https://big.example/{n}.jpg") for n in range(600)]
+        + [UrlItem(f"https://mid.example/{n}.jpg") for n in range(300)]
+        + [UrlItem(f"https://small{n}.example/x.jpg") for n in range(100)]
+    )
+
+    spread = spread_hosts(batch)
+
+    assert sorted(item.url for item in spread) == sorted(item.url for item in batch)
+    for host in ("big.example", "mid.example"):  # a host's own URLs keep their order
+        own = [item.url for item in spread if f"//{host}/" in item.url]
+        assert own == [item.url for item in batch if f"//{host}/" in item.url]
+    for start in range(0, 1000, 100):  # every window of 100: about 60 big, 30 mid, 10 small ones
+        window = Counter(urlsplit(item.url).hostname for item in spread[start : start + 100])
+        small = sum(count for host, count in window.items() if host and host.startswith("small"))
+        assert 57 <= window["big.example"] <= 63 and 27 <= window["mid.example"] <= 33 and 7 <= small <= 13
