@@ -39,8 +39,8 @@ __all__ = ["Frontier", "host_key"]
 # are few (each has a thread of this batch in progress, or is paused), but a burst of pauses must
 # not make every pick walk thousands of hosts.
 MAX_HOSTS_LOOKED_AT = 256
-# URLs read ahead of the fetch threads. Enough for the shares to see the batch's hosts, and a small
-# part of a task's memory (about 0.7 KiB a URL).
+# URLs read ahead of the fetch threads: enough for the shares to see the batch's hosts (its file
+# spreads each host's URLs evenly), and a few MiB of a task's memory whatever the batch's size.
 WINDOW = 5000
 
 

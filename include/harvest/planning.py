@@ -58,12 +58,12 @@ DEFAULT_BATCH_SIZE = 1000
 # 148-152 for two waves; on loopback the two were the same (404 and 406 URLs/s). A batch's threads
 # balance hosts among themselves (frontier.py), which a second wave used to do coarsely. The bounds
 # keep a tiny list from being cut into pieces that cost more to schedule than to fetch, and a huge
-# one from batches whose memory would hurt: a batch task holds its batch's URL list (the frontier
-# schedules over all its hosts; the results are staged as they finish), about 0.7 KiB per URL.
-# Each batch task costs seconds of CPU outside the fetch (process start, imports, the batch's end):
-# 100,000 URLs on 2 slots, in one hour (bench/README.md), ran at 863 URLs/s in 10 batches of
-# 10,000, 1,046 in 4 of 25,000 and 1,217 in 2 of 50,000, for 216, 225 and 236 MiB at the peak of a
-# batch task (205 MiB with 1,000 URLs).
+# one from batches so long that a retry (or a lost worker) repeats hours of work. A batch's size
+# does not set its task's memory: the task reads its file a window at a time (frontier.py) and
+# stages its results as they finish. Each batch task costs seconds of CPU outside the fetch
+# (process start, imports, the batch's end): 100,000 URLs on 2 slots, in one hour
+# (bench/README.md), ran at 863 URLs/s in 10 batches of 10,000, 1,046 in 4 of 25,000 and 1,217 in
+# 2 of 50,000.
 WAVES = 1
 MIN_AUTO_BATCH = 500
 MAX_AUTO_BATCH = 50_000
