@@ -310,11 +310,12 @@ def download(
     # result per URL, and the reduce upserts: the same rows.
     partial_uri: str | None = batch.get("partial_uri")  # absent from batches planned before checkpoints
     earlier = checkpoints.load_checkpoint(partial_uri, log=log) if partial_uri else {}
-    # The checkpoint holds this batch's URLs only: what to reuse is known before reading the batch.
     reused = checkpoints.reusable_results(earlier, earlier, store) if earlier else {}
-    reused_count = len(reused)
     del earlier
-    if reused:
+    # Counted over the batch's file: a checkpoint left by another plan of the run (cleared, not
+    # recorded) may name other batches' URLs, which are never staged here.
+    reused_count = sum(1 for item in iter_items(batch["uri"]) if item.url in reused) if reused else 0
+    if reused_count:
         log.info(
             "resuming: %d URLs already stored by an earlier attempt, %d to fetch",
             reused_count,

@@ -317,6 +317,29 @@ def test_a_retry_after_a_killed_attempt_fetches_only_the_urls_not_yet_stored(
     assert not Path(batch["partial_uri"].removeprefix("file://")).exists()  # done: checkpoints deleted
 
 
+def test_a_checkpoint_naming_urls_of_another_plan_reuses_only_this_batchs(
+    tmp_path: Path, harvest_db_dsn: str, hostile_server: HostileServer, fast_settings: FetchSettings
+):
+    """A run cleared and planned again (not recorded) may find its batch's old checkpoint naming
+    URLs now in another batch: those are not staged here, nor counted as reused."""
+    png, jpg, elsewhere = unique_urls(hostile_server, "/ok.png", "/ok.jpg", "/ok.gif")
+    batch = plan_one_batch(tmp_path, [png, jpg])
+    storage_uri = (tmp_path / "storage").as_uri()
+    checkpoint = BatchCheckpoint(batch["partial_uri"])  # the old plan's attempt, killed after a flush
+    fetch_batch(
+        [png, elsewhere], fast_settings, store=ContentAddressedStore(storage_uri), on_result=checkpoint.add
+    )
+    checkpoint.flush()
+
+    summary = pipeline.download(
+        batch, settings=fast_settings, storage_uri=storage_uri, connect=db(harvest_db_dsn), use_previous=False
+    )
+
+    assert summary["reused"] == 1 and summary["urls"] == 2
+    assert [result.url for result in staged(harvest_db_dsn, batch)] == [png, jpg]
+    assert hits(hostile_server, [png, jpg, elsewhere]) == [1, 1, 1]
+
+
 def test_a_checkpointed_result_whose_blob_is_gone_is_fetched_again(
     tmp_path: Path,
     harvest_db_dsn: str,
