@@ -84,7 +84,7 @@ def fetch_batch(
     ordered: list[Result] = []
     for item in listed:
         result = results[item.url]  # reported with the URL's first listing's line and meta
-        if (result.line, result.meta) != (item.line, item.meta):  # a URL listed again: its own copy
+        if unique[item.url] is not item:  # a URL listed again: a copy, with this listing's line and meta
             result = dataclasses.replace(result, line=item.line, meta=item.meta)
         ordered.append(result)
     return ordered
@@ -112,7 +112,8 @@ def fetch_each(
     the batch stops and the error is raised, like a storage failure.
     ``previous`` maps a URL to its last result, for conditional requests (ETag / Last-Modified);
     it is read when the URL's fetch starts, so a caller streaming ``items`` may fill it as they are
-    read. ``items`` is read to its end even when ``total`` is 0. ``limits`` replaces the per-host limits built from ``settings`` (tests, custom coordination).
+    read. ``items`` is read to its end even when ``total`` is 0. ``limits`` replaces the per-host
+    limits built from ``settings`` (tests, custom coordination).
     """
     log = log or _module_log
     started = time.monotonic()
