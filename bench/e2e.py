@@ -1347,8 +1347,7 @@ def memory_target(baseline: dict[str, Any], h: dict[str, Any], n: int) -> dict[s
             f"a batch task's peak grew {_mb(peak - base)} with {batch_long - batch_short:,.0f} more URLs per "
             f"batch, {per_url / 1024:.2f} KiB per URL. The task holds neither its batch (it reads a window of "
             f"{frontier.WINDOW:,} URLs at a time) nor its results (staged in chunks), and Python's own objects stay "
-            "under 5 MiB (tracemalloc): what grows is the C allocator's heap over a longer batch "
-            "(bench/README.md)",
+            "under 5 MiB (tracemalloc): what grows has not been traced yet (bench/README.md)",
         ]
         if largest:
             item["would_reach"] = [
