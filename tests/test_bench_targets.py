@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def _memory_baseline() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("peak_mib", "status"), [(208, "PASS"), (236, "MISS")])
-def test_the_memory_target_compares_a_batch_tasks_peak_with_the_short_run_before_it(
+def test_the_memory_target_compares_the_workers_largest_process_with_the_short_run_before_it(
     report: dict[str, Any], peak_mib: int, status: str
 ) -> None:
     report["memory_baseline"] = _memory_baseline()
@@ -113,17 +114,21 @@ def test_the_memory_target_compares_a_batch_tasks_peak_with_the_short_run_before
     assert target["target"].startswith("worker memory flat from 2,000 to 100,000 URLs")
 
 
-def test_a_missed_memory_target_says_how_small_batches_would_have_to_be(report: dict[str, Any]) -> None:
-    report["memory_baseline"] = _memory_baseline()
+def test_a_missed_memory_target_names_the_task_that_grew_most(report: dict[str, Any]) -> None:
+    report["memory_baseline"] = {
+        **_memory_baseline(),
+        "peak_rss_by_task_bytes": {"download_batch": 200 * 2**20, "plan_batches": 185 * 2**20},
+    }
     harvest = report["contenders"]["harvest"]
-    harvest["batches"]["count"] = 2  # 50,000 URLs each
-    harvest["peak_single_process_rss_bytes"] = 236 * 2**20  # 36 MiB more for 49,000 more URLs a batch
+    harvest["peak_single_process_rss_bytes"] = 236 * 2**20
+    harvest["peak_rss_by_task_bytes"] = {"plan_batches": 236 * 2**20, "download_batch": 206 * 2**20}
 
     [target] = [t for t in e2e.targets(report) if t["target"].startswith("worker memory flat")]
 
-    assert "0.75 KiB per URL" in target["reasons"][0]
-    # 5% of 200 MiB is 10 MiB: 10 / 36 of the 49,000 extra URLs, on top of the short run's 1,000.
-    assert target["would_reach"][0].startswith(f"batches of ≤ {int(1000 + 10 / 36 * 49000):,} URLs")
+    assert target["status"] == "MISS"
+    assert "plan_batches 185 MiB → 236 MiB" in target["measured"]
+    assert "download_batch 200 MiB → 206 MiB" in target["measured"]
+    assert "the task that grew most is plan_batches (+51 MiB)" in target["reasons"][0]
 
 
 def test_no_memory_target_without_a_verified_baseline(report: dict[str, Any]) -> None:
@@ -131,3 +136,22 @@ def test_no_memory_target_without_a_verified_baseline(report: dict[str, Any]) ->
     assert not [t for t in e2e.targets(report) if t["target"].startswith("worker memory")]
     report["memory_baseline"] = {"urls": 2000, "verified": False}
     assert not [t for t in e2e.targets(report) if t["target"].startswith("worker memory")]
+
+
+def test_each_tasks_peak_is_told_by_the_title_airflow_gives_its_process() -> None:
+    sampler = e2e.RssSampler(os.getpid())
+    sampler.stop()
+    sampler.peak_by_title = {
+        "airflow worker -- 0190-a": 190,
+        "airflow worker -- 0190-b": 205,
+        "airflow worker -- 0190-c": 198,
+        "airflow supervisor: 0190-b": 170,
+        "[celeryd: worker@vm:MainProcess]": 175,
+    }
+    tis = [
+        {"id": "0190-a", "task_id": "read_sources"},
+        {"id": "0190-b", "task_id": "download_batch"},
+        {"id": "0190-c", "task_id": "download_batch"},
+    ]
+
+    assert sampler.peak_by_task(tis) == {"download_batch": 205, "read_sources": 190, "other": 175}

@@ -28,7 +28,8 @@ from include.harvest.workfiles import (
     RunWorkspace,
     exists,
     iter_items,
-    read_items,
+    open_items,
+    open_results,
     read_results,
     write_items,
     write_results,
@@ -127,22 +128,23 @@ def _read_source(
     list_base_uri: str,
     connect: Connect,
     settings: FetchSettings,
+    sink: sources.Sink,
 ) -> sources.SourceRead:
     if urls:
-        return sources.parse_manual(urls)
+        return sources.parse_manual(urls, sink=sink)
     if _reads_dated_list(urls, source):
-        return sources.read_list_for_date(list_base_uri, ctx.list_date)
+        return sources.read_list_for_date(list_base_uri, ctx.list_date, sink=sink)
     if source == "table":
         with closing(connect()) as conn:
-            return sources.read_table(conn, ctx.list_date)
+            return sources.read_table(conn, ctx.list_date, sink=sink)
     assert source is not None
     if _is_remote_list(source):
         from include.harvest.fetch import fetch_bytes
 
         return sources.read_remote_list(
-            source, lambda url: fetch_bytes(url, settings, max_bytes=MAX_LIST_BYTES)
+            source, lambda url: fetch_bytes(url, settings, max_bytes=MAX_LIST_BYTES), sink=sink
         )
-    return sources.read_list(source)
+    return sources.read_list(source, sink=sink)
 
 
 def read_sources(
@@ -191,9 +193,17 @@ def read_sources(
         "rejected_uri": workspace.rejected_uri,
     }
     try:
-        read = _read_source(
-            ctx, urls=urls, source=source, list_base_uri=list_base_uri, connect=connect, settings=settings
-        )
+        # Straight into the work files as the list is read: the task holds none of it.
+        with open_items(workspace.items_uri) as items, open_results(workspace.rejected_uri) as rejected:
+            read = _read_source(
+                ctx,
+                urls=urls,
+                source=source,
+                list_base_uri=list_base_uri,
+                connect=connect,
+                settings=settings,
+                sink=sources.Sink(items=items, rejected=rejected),
+            )
     except sources.SourceNotFound as exc:
         if not _reads_list_of_its_date(urls, source):
             raise sources.SourceNotFound(
@@ -213,8 +223,6 @@ def read_sources(
             "outcome": "no_source",
             "reason": str(exc),
         }
-    write_items(workspace.items_uri, read.items)
-    write_results(workspace.rejected_uri, read.rejected)
     log.info(
         "Read %d URLs from %s (%d rejected, %d duplicates dropped)",
         len(read.items),
@@ -248,28 +256,41 @@ def plan(
     (:func:`.planning.choose_batch_size`).
     """
     workspace = RunWorkspace(work_uri, dag_run_id)
-    batches = planning.plan_batches(
-        read_items(manifest["items_uri"]),
-        batch_size=batch_size,
-        max_batches=max_batches,
-        worker_slots=worker_slots,
+    lengths = planning.batch_lengths(
+        manifest["urls"], batch_size=batch_size, max_batches=max_batches, worker_slots=worker_slots
     )
+    # One batch in hand at a time, and that one in SQLite (HostSpread): the task holds no list.
+    items = iter_items(manifest["items_uri"])
     planned = []
-    for index, batch in enumerate(batches):
+    for index, length in enumerate(lengths):
         uri = workspace.batch_uri(index)
-        write_items(uri, planning.spread_hosts(batch))
+        with planning.HostSpread(itertools.islice(items, length)) as batch:
+            if batch.urls < length:
+                raise RuntimeError(_short_list(manifest, sum(lengths[:index]) + batch.urls))
+            write_items(uri, batch)
         planned.append(
             {
                 "index": index,
                 "uri": uri,
                 "dag_run_id": dag_run_id,
                 "partial_uri": workspace.partial_uri(index),
-                "urls": len(batch),
-                "label": f"batch {index + 1}/{len(batches)} · {planning.describe_batch(batch)}",
+                "urls": batch.urls,
+                "label": f"batch {index + 1}/{len(lengths)} · {planning.describe_batch(batch.urls, batch.hosts)}",
             }
         )
+    if next(items, None) is not None:
+        raise RuntimeError(_short_list(manifest, None))
     log.info("Planned %d URLs into %d batches", manifest["urls"], len(planned))
     return planned
+
+
+def _short_list(manifest: Mapping[str, Any], found: int | None) -> str:
+    held = "more" if found is None else f"only {found:,}"
+    return (
+        f"{manifest['items_uri']} holds {held} URLs where read_sources counted {manifest['urls']:,}: the "
+        "run's work files were changed or partly deleted. Clear the whole run (from read_sources) to "
+        "read its list again."
+    )
 
 
 def download(

@@ -18,17 +18,17 @@ Sizing rule, for ``n`` URLs:
    batch is not a straggler of a few URLs: no batch is longer than the size chosen.
 
 The list order is kept: concatenating the batches gives the input back. Within a batch's file,
-:func:`spread_hosts` spreads each host's URLs evenly, because its task reads the file a window at
+:class:`HostSpread` spreads each host's URLs evenly, because its task reads the file a window at
 a time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Sequence
-from urllib.parse import urlsplit
+import sqlite3
+from collections.abc import Iterable, Iterator
 
 from include.harvest.frontier import host_key
 from include.harvest.models import UrlItem
@@ -39,10 +39,10 @@ __all__ = [
     "MAX_AUTO_BATCH",
     "MIN_AUTO_BATCH",
     "WAVES",
+    "HostSpread",
+    "batch_lengths",
     "choose_batch_size",
     "describe_batch",
-    "plan_batches",
-    "spread_hosts",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,61 +109,106 @@ def _automatic_size(count: int, worker_slots: int | None) -> int:
     return max(MIN_AUTO_BATCH, math.ceil(count / (worker_slots * waves)))
 
 
-def plan_batches(
-    items: Sequence[UrlItem],
+def batch_lengths(
+    count: int,
     *,
     batch_size: int | None = None,
     max_batches: int = DEFAULT_MAX_BATCHES,
     worker_slots: int | None = None,
-) -> list[list[UrlItem]]:
-    """Split ``items`` into at most ``max_batches`` contiguous, balanced batches (see the module doc).
+) -> list[int]:
+    """The lengths of the at most ``max_batches`` contiguous, balanced batches of ``count`` URLs
+    (see the module doc): batch ``i`` holds the list's next ``lengths[i]`` URLs.
 
-    Empty input gives ``[]`` (the mapped task is then skipped).
+    No URLs give ``[]`` (the mapped task is then skipped).
     """
-    count = len(items)
     size = choose_batch_size(count, batch_size=batch_size, max_batches=max_batches, worker_slots=worker_slots)
     if count == 0:
         return []
     batches = math.ceil(count / size)
-    base, extra = divmod(count, batches)  # the first `extra` batches get one more item
-    plan: list[list[UrlItem]] = []
-    start = 0
-    for index in range(batches):
-        end = start + base + (1 if index < extra else 0)
-        plan.append(list(items[start:end]))
-        start = end
+    base, extra = divmod(count, batches)  # the first `extra` batches get one more URL
     log.info("planned %d urls into %d batches of up to %d", count, batches, base + (1 if extra else 0))
-    return plan
+    return [base + (1 if index < extra else 0) for index in range(batches)]
 
 
-def describe_batch(batch: Sequence[UrlItem]) -> str:
+def describe_batch(urls: int, hosts: int) -> str:
     """A short label for the UI, e.g. ``500 urls · 2 hosts``."""
-    hosts = {urlsplit(item.url).hostname for item in batch}
-    urls_word = "url" if len(batch) == 1 else "urls"
-    hosts_word = "host" if len(hosts) == 1 else "hosts"
-    return f"{len(batch)} {urls_word} · {len(hosts)} {hosts_word}"
+    urls_word = "url" if urls == 1 else "urls"
+    hosts_word = "host" if hosts == 1 else "hosts"
+    return f"{urls} {urls_word} · {hosts} {hosts_word}"
 
 
-def spread_hosts(batch: Sequence[UrlItem]) -> list[UrlItem]:
-    """The batch's URLs with each host's spread evenly over it; a host's own keep their order.
+class HostSpread:
+    """One batch's URLs with each host's spread evenly over it; a host's own keep their order.
 
     A batch task reads its file a window at a time (:class:`.Frontier`), and shares its fetch
     threads among the hosts of the window. Spread, every window holds the batch's mix of hosts: a
     list sorted by host does not leave the task fetching one host at a time, at its per-host limit.
+
+    Spreading reorders the whole batch, so the URLs go through a private SQLite database, which
+    sorts them in a few MiB of memory and a temporary file: planning a batch of 50,000 URLs costs
+    the memory of one of 1,000. Iterate it once, then :meth:`close` it (or use ``with``).
     """
-    by_host: dict[str, list[UrlItem]] = defaultdict(list)
-    for item in batch:
-        by_host[host_key(item.url)].append(item)
-    # Host h's k-th of n URLs goes at (k + offset_h) / n. The offsets follow the golden ratio, which
-    # spreads them evenly over [0, 1) for any number of hosts: the many hosts of a URL or two are
-    # spread over the batch too, instead of meeting in its middle.
-    placed = [
-        ((index + (host * _GOLDEN) % 1.0) / len(urls), item)
-        for host, urls in enumerate(by_host.values())
-        for index, item in enumerate(urls)
-    ]
-    placed.sort(key=lambda entry: entry[0])
-    return [item for _, item in placed]
+
+    def __init__(self, items: Iterable[UrlItem]) -> None:
+        self._db = sqlite3.connect("")  # "": private, on disk only once it outgrows the cache
+        self._db.executescript(
+            """
+            CREATE TABLE batch (seq INTEGER PRIMARY KEY, host TEXT NOT NULL, url TEXT NOT NULL, line INTEGER, meta TEXT);
+            CREATE TABLE hosts (host TEXT PRIMARY KEY, n INTEGER NOT NULL, turn REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE spread (place INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+            """
+        )
+        self._db.executemany(
+            "INSERT INTO batch VALUES (?, ?, ?, ?, ?)",
+            (
+                # URLs are ASCII once normalised; meta is JSON, whose ASCII escapes keep a CSV cell's
+                # undecodable bytes (lone surrogates) storable
+                (
+                    seq,
+                    host_key(item.url),
+                    item.url,
+                    item.line,
+                    None if item.meta is None else json.dumps(item.meta),
+                )
+                for seq, item in enumerate(items)
+            ),
+        )
+        # Host h's k-th of n URLs goes at (k + offset_h) / n, hosts numbered in order of first
+        # appearance. The offsets follow the golden ratio, which spreads them evenly over [0, 1)
+        # for any number of hosts: the many hosts of a URL or two are spread over the batch too,
+        # instead of meeting in its middle. Each step is its own statement, and the order is kept as
+        # `spread`'s row ids, so SQLite never sorts the URLs themselves: what it holds in memory
+        # stays under a few MiB for any batch (measured: 4 MiB at 50,000 and at 200,000 URLs).
+        self._db.execute(
+            "INSERT INTO hosts SELECT host, COUNT(*), (ROW_NUMBER() OVER (ORDER BY MIN(seq)) - 1) * ? "
+            "FROM batch GROUP BY host",
+            (_GOLDEN,),
+        )
+        self._db.execute(
+            """
+            INSERT INTO spread (seq)
+            SELECT seq FROM (
+                SELECT seq, host, ROW_NUMBER() OVER (PARTITION BY host ORDER BY seq) - 1 AS k FROM batch
+            ) JOIN hosts USING (host)
+            ORDER BY (k + turn - CAST(turn AS INTEGER)) / n, seq
+            """
+        )
+        self.urls: int = self._db.execute("SELECT COUNT(*) FROM batch").fetchone()[0]
+        self.hosts: int = self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0]
+
+    def __iter__(self) -> Iterator[UrlItem]:
+        rows = self._db.execute("SELECT url, line, meta FROM spread JOIN batch USING (seq) ORDER BY place")
+        for url, line, meta in rows:
+            yield UrlItem(url=url, line=line, meta=None if meta is None else json.loads(meta))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> HostSpread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _GOLDEN = (math.sqrt(5) - 1) / 2

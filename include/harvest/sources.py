@@ -16,6 +16,11 @@ Every URL is normalised (:func:`include.harvest.urls.normalize_url`) and de-dupl
 first occurrence. A line that is not a usable URL never raises: it becomes a ``rejected``
 :class:`~include.harvest.models.Result` with the line number and the reason.
 
+A read holds none of the list: what it finds goes to a :class:`Sink` as it is read (lists by
+default; ``read_sources`` passes its work files' writers), and the URLs met so far, needed to drop
+duplicates, are kept in a private SQLite database, which keeps a few MiB in memory and the rest in a
+temporary file. A list of millions of URLs is read in the memory of a short one.
+
 Errors::
 
     SourceError            the source cannot be read at all
@@ -40,10 +45,11 @@ import io
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 from include.harvest.listroots import LIST_ROOTS_SETTING, normalise_root
 from include.harvest.models import Result, Status, UrlItem
@@ -56,6 +62,7 @@ __all__ = [
     "SourceNotAllowed",
     "SourceNotFound",
     "SourceRead",
+    "Sink",
     "check_source_allowed",
     "list_path_for",
     "parse_manual",
@@ -95,18 +102,38 @@ class SourceNotAllowed(SourceError, PermissionError):
     """The list is not under an allowed root (``HARVEST_URL_LIST_URI``, ``HARVEST_LIST_ROOTS``)."""
 
 
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Appendable(Protocol[T_contra]):
+    """Where a read puts one kind of record: a list, or a work file's writer."""
+
+    def append(self, value: T_contra, /) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """Where a read puts the URLs it keeps and the lines it rejects, as it reads them."""
+
+    items: Appendable[UrlItem]
+    rejected: Appendable[Result]
+
+
 @dataclass(slots=True)
 class SourceRead:
     """The URLs of one source, ready to plan.
 
     ``items`` are normalised and unique (first occurrence kept, with its line number);
     ``rejected`` holds one ``rejected`` result per distinct unusable line; ``duplicates`` counts the
-    lines dropped because an earlier line gave the same URL (or the same rejected text).
+    lines dropped because an earlier line gave the same URL (or the same rejected text). Both are
+    lists unless the read was given a :class:`Sink`, whose appendables they then are.
     """
 
     origin: str
-    items: list[UrlItem] = field(default_factory=list)
-    rejected: list[Result] = field(default_factory=list)
+    items: Appendable[UrlItem] = field(default_factory=list)
+    rejected: Appendable[Result] = field(default_factory=list)
     duplicates: int = 0
 
     @property
@@ -122,12 +149,40 @@ class SourceRead:
         )
 
 
+class _Seen:
+    """The keys a read has met (URLs, rejected texts), in a private temporary SQLite database.
+
+    SQLite keeps its page cache (2 MiB by default) in memory and the rest in a temporary file, so
+    de-duplicating a list costs the same memory whatever its length; a Python set of 1,000,000 URLs
+    would hold over 100 MiB. Measured: 0.16 s per 100,000 URLs.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": private, on disk only once it outgrows the cache
+        self._db.execute("CREATE TABLE seen (key BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; False if it was met before."""
+        # surrogatepass: an undecodable byte of the list (a lone surrogate) is still a distinct key
+        inserted = self._db.execute(
+            "INSERT OR IGNORE INTO seen VALUES (?)", (key.encode("utf-8", "surrogatepass"),)
+        )
+        return inserted.rowcount == 1
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class _Collector:
     """Builds a SourceRead line by line: normalise, de-duplicate, reject with a reason."""
 
-    def __init__(self, origin: str, line_word: str = "line") -> None:
-        self.read = SourceRead(origin=origin)
-        self._seen: set[str] = set()
+    def __init__(self, origin: str, line_word: str = "line", sink: Sink | None = None) -> None:
+        self.read = (
+            SourceRead(origin=origin)
+            if sink is None
+            else SourceRead(origin=origin, items=sink.items, rejected=sink.rejected)
+        )
+        self._seen = _Seen()
         self._line_word = line_word
 
     def add(self, raw: str, line: int, meta: dict[str, Any] | None = None) -> None:
@@ -136,18 +191,16 @@ class _Collector:
         except InvalidUrl as exc:
             self.reject(raw, line, exc.reason, meta)
             return
-        if url in self._seen:
+        if not self._seen.add(url):
             self.read.duplicates += 1
             return
-        self._seen.add(url)
         self.read.items.append(UrlItem(url=url, line=line, meta=meta or None))
 
     def reject(self, raw: str, line: int, reason: str, meta: dict[str, Any] | None = None) -> None:
         key = _rejected_key(raw, line)
-        if key in self._seen:  # the same bad text twice is one row in harvest.downloads
+        if not self._seen.add(key):  # the same bad text twice is one row in harvest.downloads
             self.read.duplicates += 1
             return
-        self._seen.add(key)
         self.read.rejected.append(
             Result(
                 url=key,
@@ -157,6 +210,10 @@ class _Collector:
                 meta=meta or None,
             )
         )
+
+    def done(self) -> SourceRead:
+        self._seen.close()
+        return self.read
 
 
 def _rejected_key(raw: str, line: int) -> str:
@@ -219,7 +276,7 @@ def list_path_for(base_uri: str, day: date) -> list[str]:
     return [_join(base_uri, f"{day.isoformat()}{suffix}") for suffix in LIST_SUFFIXES]
 
 
-def read_list_for_date(base_uri: str, day: date) -> SourceRead:
+def read_list_for_date(base_uri: str, day: date, *, sink: Sink | None = None) -> SourceRead:
     """Read the list for ``day`` under ``base_uri`` (``YYYY-MM-DD.txt``, ``.txt.gz``, ``.csv``, ``.csv.gz``).
 
     Raises :class:`SourceNotFound` naming every path looked for when none exists. If several
@@ -244,10 +301,10 @@ def read_list_for_date(base_uri: str, day: date) -> SourceRead:
         log.warning(
             "several lists for %s: reading %s, ignoring %s", day, existing[0], ", ".join(existing[1:])
         )
-    return read_list(existing[0])
+    return read_list(existing[0], sink=sink)
 
 
-def read_list(uri: str) -> SourceRead:
+def read_list(uri: str, *, sink: Sink | None = None) -> SourceRead:
     """Read one list file (local path or fsspec URI).
 
     The format comes from the extension: ``.csv`` or ``.csv.gz`` is CSV, anything else is read as
@@ -258,7 +315,7 @@ def read_list(uri: str) -> SourceRead:
     kind, compressed = _format_of(uri)
     try:
         with fsspec.open(uri, "rb", compression="gzip" if compressed else None) as raw:
-            return _parse_stream(raw, kind, origin=uri)
+            return _parse_stream(raw, kind, origin=uri, sink=sink)
     except FileNotFoundError as exc:
         raise SourceNotFound(f"no URL list at {uri}", [uri]) from exc
     except (gzip.BadGzipFile, EOFError) as exc:
@@ -267,7 +324,7 @@ def read_list(uri: str) -> SourceRead:
         raise SourceError(f"cannot read {uri}: {exc}") from exc
 
 
-def read_remote_list(url: str, fetch: Callable[[str], bytes]) -> SourceRead:
+def read_remote_list(url: str, fetch: Callable[[str], bytes], *, sink: Sink | None = None) -> SourceRead:
     """Read a list served over http(s); ``fetch`` is the guarded client (URL -> body bytes).
 
     The format comes from the URL's extension (``.txt``, ``.csv``, ``.gz``) and, when that says
@@ -289,7 +346,7 @@ def read_remote_list(url: str, fetch: Callable[[str], bytes]) -> SourceRead:
             head = stream.read(64 * 1024)
             kind = "csv" if _looks_like_csv_header(head) else "txt"
             stream = io.BufferedReader(_Prepend(head, stream))
-        return _parse_stream(stream, kind, origin=list_url)
+        return _parse_stream(stream, kind, origin=list_url, sink=sink)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise SourceFormatError(f"the list at {list_url} is not a complete gzip file: {exc}") from exc
 
@@ -342,7 +399,9 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
-def _parse_stream(raw: io.BufferedIOBase | IO[bytes], kind: str, *, origin: str) -> SourceRead:
+def _parse_stream(
+    raw: io.BufferedIOBase | IO[bytes], kind: str, *, origin: str, sink: Sink | None
+) -> SourceRead:
     # Undecodable bytes become lone surrogates so one bad line is rejected, not the whole file.
     text = io.TextIOWrapper(
         raw,  # type: ignore[type-var]  # any readable binary stream works
@@ -352,14 +411,14 @@ def _parse_stream(raw: io.BufferedIOBase | IO[bytes], kind: str, *, origin: str)
     )
     try:
         if kind == "csv":
-            return _parse_csv(text, origin)
-        return _parse_txt(text, origin)
+            return _parse_csv(text, origin, sink)
+        return _parse_txt(text, origin, sink)
     finally:
         text.detach()  # the caller owns and closes the underlying stream
 
 
-def _parse_txt(lines: Iterable[str], origin: str) -> SourceRead:
-    collector = _Collector(origin)
+def _parse_txt(lines: Iterable[str], origin: str, sink: Sink | None) -> SourceRead:
+    collector = _Collector(origin, sink=sink)
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -368,10 +427,10 @@ def _parse_txt(lines: Iterable[str], origin: str) -> SourceRead:
         if comment is not None:
             text = text[: comment.start()]
         collector.add(text, number)
-    return collector.read
+    return collector.done()
 
 
-def _parse_csv(lines: Iterator[str], origin: str) -> SourceRead:
+def _parse_csv(lines: Iterator[str], origin: str, sink: Sink | None) -> SourceRead:
     reader = csv.reader(lines)
     header: list[str] | None = None
     for row in reader:
@@ -379,7 +438,7 @@ def _parse_csv(lines: Iterator[str], origin: str) -> SourceRead:
             header = [cell.strip() for cell in row]
             break
     if header is None:
-        return SourceRead(origin=origin)  # an empty CSV is an empty list, like an empty .txt
+        return _Collector(origin, sink=sink).done()  # an empty CSV is an empty list, like an empty .txt
     lowered = [name.lower() for name in header]
     if "url" not in lowered:
         raise SourceFormatError(
@@ -389,7 +448,7 @@ def _parse_csv(lines: Iterator[str], origin: str) -> SourceRead:
     url_index = lowered.index("url")
     meta_columns = [(i, name) for i, name in enumerate(header) if i != url_index and name]
 
-    collector = _Collector(origin)
+    collector = _Collector(origin, sink=sink)
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
@@ -399,26 +458,29 @@ def _parse_csv(lines: Iterator[str], origin: str) -> SourceRead:
             collector.reject("", number, "the url column is empty", meta)
             continue
         collector.add(row[url_index], number, meta)
-    return collector.read
+    return collector.done()
 
 
 # --- database and manual -----------------------------------------------------------------------
 
 
-def read_table(conn: Any, day: date) -> SourceRead:
+def read_table(conn: Any, day: date, *, sink: Sink | None = None) -> SourceRead:
     """Read the URLs listed for ``day`` in ``harvest.url_sources`` (``conn``: a psycopg2 connection).
 
     Rows are read in URL order (bytewise); ``line`` is the row's position in that order. No rows for the day
     raises :class:`SourceNotFound`, like a missing list file.
     """
     origin = f"harvest.url_sources (list_date = {day.isoformat()})"
-    with conn.cursor() as cur:
+    # A named (server-side) cursor: rows come 10,000 at a time, never the whole day's list at once.
+    # WITH HOLD lets it work on a connection in autocommit mode too.
+    with conn.cursor(name="harvest_read_table", withhold=True) as cur:
+        cur.itersize = 10_000
         cur.execute(
             # COLLATE "C": the same order (and so the same line numbers) whatever the database locale
             'SELECT url, meta FROM harvest.url_sources WHERE list_date = %s ORDER BY url COLLATE "C"',
             (day,),
         )
-        collector = _Collector(origin, line_word="row")
+        collector = _Collector(origin, line_word="row", sink=sink)
         number = 0
         while rows := cur.fetchmany(10_000):
             for url, meta in rows:
@@ -426,10 +488,10 @@ def read_table(conn: Any, day: date) -> SourceRead:
                 collector.add(url, number, meta if isinstance(meta, dict) else None)
     if number == 0:
         raise SourceNotFound(f"no rows in {origin}", [origin])
-    return collector.read
+    return collector.done()
 
 
-def parse_manual(urls: str | Sequence[str]) -> SourceRead:
+def parse_manual(urls: str | Sequence[str], *, sink: Sink | None = None) -> SourceRead:
     """Read the ``urls`` Param: text with one URL a line, or a list of URLs.
 
     In text, a line is the unit, as in a list file: blank and ``#`` comment lines are ignored, and
@@ -438,11 +500,11 @@ def parse_manual(urls: str | Sequence[str]) -> SourceRead:
     (1-based).
     """
     if isinstance(urls, str):
-        return _parse_txt(urls.splitlines(), "urls param")
-    collector = _Collector("urls param", line_word="entry")
+        return _parse_txt(urls.splitlines(), "urls param", sink)
+    collector = _Collector("urls param", line_word="entry", sink=sink)
     for number, entry in enumerate(urls, start=1):
         if not isinstance(entry, str):
             collector.reject(repr(entry), number, f"expected a URL string, got {type(entry).__name__}")
         elif entry.strip():
             collector.add(entry, number)
-    return collector.read
+    return collector.done()

@@ -26,8 +26,8 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, Generic, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -35,14 +35,23 @@ from fsspec.implementations.local import LocalFileSystem
 from include.harvest.models import Result, UrlItem
 
 __all__ = [
+    "JsonlWriter",
     "RunWorkspace",
     "exists",
+    "item_from_record",
+    "item_record",
     "iter_items",
+    "open_items",
+    "open_jsonl",
+    "open_results",
     "read_items",
     "read_results",
     "write_items",
+    "write_jsonl",
     "write_results",
 ]
+
+T = TypeVar("T")
 
 
 def _safe_name(text: str) -> str:
@@ -56,13 +65,56 @@ def write_jsonl(uri: str, records: Iterable[dict[str, Any]]) -> int:
     If ``records`` raises halfway (or the write fails), nothing appears under ``uri`` and nothing
     is left behind: an earlier file of that name stays as it was.
     """
+    with open_jsonl(uri) as out:
+        for record in records:
+            out.append(record)
+    return len(out)
+
+
+class JsonlWriter(Generic[T]):
+    """Lines of one work file being written: :meth:`append` a record, ``len()`` counts them."""
+
+    def __init__(self, out: gzip.GzipFile, encode: Callable[[T], dict[str, Any]]) -> None:
+        self._out = out
+        self._encode = encode
+        self._count = 0
+
+    def append(self, record: T) -> None:
+        self._out.write(json.dumps(self._encode(record), separators=(",", ":")).encode())
+        self._out.write(b"\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def open_jsonl(uri: str) -> contextlib.AbstractContextManager[JsonlWriter[dict[str, Any]]]:
+    """A :class:`JsonlWriter` of records whose file appears under ``uri`` when the block ends
+    without an error; if the block raises, nothing appears and nothing is left behind."""
+    return _open(uri, lambda record: record)
+
+
+def open_items(uri: str) -> contextlib.AbstractContextManager[JsonlWriter[UrlItem]]:
+    """:func:`open_jsonl` for URLs: a task that writes several work files from one pass over its
+    input (``read_sources`` writes the URLs and the rejected lines together) holds none of them."""
+    return _open(uri, item_record)
+
+
+def open_results(uri: str) -> contextlib.AbstractContextManager[JsonlWriter[Result]]:
+    """:func:`open_jsonl` for results (:func:`read_results` reads them back)."""
+    return _open(uri, Result.to_record)
+
+
+@contextlib.contextmanager
+def _open(uri: str, encode: Callable[[T], dict[str, Any]]) -> Iterator[JsonlWriter[T]]:
     fs, path = fsspec.core.url_to_fs(uri)
-    if isinstance(fs, LocalFileSystem):
-        return _write_local(path, records)
-    return _write_object(fs, path, records)
+    opened = _local_file(path) if isinstance(fs, LocalFileSystem) else _object_file(fs, path)
+    with opened as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out:
+        yield JsonlWriter(out, encode)
 
 
-def _write_local(path: str, records: Iterable[dict[str, Any]]) -> int:
+@contextlib.contextmanager
+def _local_file(path: str) -> Iterator[IO[bytes]]:
     # A hidden name in the same folder, then rename(): atomic, on one filesystem. (fsspec's own
     # uncommitted local files start in the system temp folder, and moving one to another
     # filesystem is a copy that readers can see half-done.)
@@ -71,23 +123,23 @@ def _write_local(path: str, records: Iterable[dict[str, Any]]) -> int:
     tmp = f"{parent}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "wb") as raw:
-            count = _write_lines(raw, records)
+            yield raw
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return count
 
 
-def _write_object(fs: Any, path: str, records: Iterable[dict[str, Any]]) -> int:
+@contextlib.contextmanager
+def _object_file(fs: Any, path: str) -> Iterator[IO[bytes]]:
     # Object stores have no rename (s3fs's mv is a copy and a delete), and a buffered file opened
     # with autocommit uploads on close even when closed by an exception. Uncommitted, the upload
     # (a multipart upload on S3) is invisible until commit() completes it; discard() aborts it.
     # No makedirs: object stores have no folders, and s3fs's would create a missing bucket.
     raw = fs.open(path, "wb", autocommit=False)
     try:
-        count = _write_lines(raw, records)
+        yield raw
         raw.close()
         raw.commit()
     except BaseException:
@@ -96,17 +148,6 @@ def _write_object(fs: Any, path: str, records: Iterable[dict[str, Any]]) -> int:
                 raw.close()  # sends what is buffered as a part of the upload that will be aborted
             raw.discard()
         raise
-    return count
-
-
-def _write_lines(raw: IO[bytes], records: Iterable[dict[str, Any]]) -> int:
-    count = 0
-    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out:
-        for record in records:
-            out.write(json.dumps(record, separators=(",", ":")).encode())
-            out.write(b"\n")
-            count += 1
-    return count
 
 
 def _iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
@@ -118,11 +159,16 @@ def _iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
 
 
 def write_items(uri: str, items: Iterable[UrlItem]) -> int:
-    return write_jsonl(uri, ({"url": i.url, "line": i.line, "meta": i.meta} for i in items))
+    return write_jsonl(uri, map(item_record, items))
+
+
+def item_record(item: UrlItem) -> dict[str, Any]:
+    """A URL as a line of a work file (:func:`iter_items` reads it back)."""
+    return {"url": item.url, "line": item.line, "meta": item.meta}
 
 
 def write_results(uri: str, results: Iterable[Result]) -> int:
-    return write_jsonl(uri, (r.to_record() for r in results))
+    return write_jsonl(uri, map(Result.to_record, results))
 
 
 def exists(uri: str) -> bool:
@@ -136,8 +182,12 @@ def read_items(uri: str) -> list[UrlItem]:
 
 def iter_items(uri: str) -> Iterator[UrlItem]:
     """The items of a work file, read as they are asked for (a batch task streams its batch)."""
-    for record in _iter_jsonl(uri):
-        yield UrlItem(url=record["url"], line=record.get("line"), meta=record.get("meta"))
+    return map(item_from_record, _iter_jsonl(uri))
+
+
+def item_from_record(record: dict[str, Any]) -> UrlItem:
+    """A URL from a line of a work file (:func:`item_record` wrote it)."""
+    return UrlItem(url=record["url"], line=record.get("line"), meta=record.get("meta"))
 
 
 def read_results(uris: Iterable[str]) -> Iterator[Result]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +26,7 @@ from include.harvest.fetch import fetch_batch
 from include.harvest.models import Result, Status, UrlItem
 from include.harvest.results import DOWNLOAD_COLUMNS, BatchStaging, IncompleteRun, stage_results
 from include.harvest.settings import FetchSettings
-from include.harvest.sources import SourceNotAllowed, SourceNotFound
+from include.harvest.sources import SourceFormatError, SourceNotAllowed, SourceNotFound
 from include.harvest.storage import ContentAddressedStore
 from include.harvest.workfiles import read_items
 
@@ -83,6 +86,93 @@ def test_a_100000_line_list_is_planned_within_max_map_length_with_every_url_once
         start += batch["urls"]
     assert start == len(urls)
     assert batches[0]["label"].startswith(f"batch 1/{len(batches)} · ")
+
+
+# Run in a fresh interpreter so the peak (VmHWM) is this work's, not the test session's.
+_READ_AND_PLAN = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from include.harvest import pipeline
+from include.harvest.settings import FetchSettings
+
+def peak_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+day = datetime(2026, 5, 4, tzinfo=UTC)
+root = Path(sys.argv[1])
+for count in (2_000, 100_000):
+    lists = root / f"lists-{count}"
+    lists.mkdir()
+    with open(lists / "2026-05-04.txt", "w") as out:
+        for n in range(count):
+            out.write(f"https://img{n % 997}.example.com/photo/{n}.jpg\\n")
+    run_id = f"scheduled__{count}"
+    context = pipeline.RunContext(dag_run_id=run_id, run_type="scheduled", logical_date=day, run_after=day)
+    manifest = pipeline.read_sources(
+        context, urls=None, source=None, list_base_uri=lists.as_uri(), work_uri=(root / "work").as_uri(),
+        connect=None, settings=FetchSettings(),
+    )
+    batches = pipeline.plan(
+        manifest, work_uri=(root / "work").as_uri(), dag_run_id=run_id, batch_size=None, max_batches=1024,
+        worker_slots=2,
+    )
+    assert sum(batch["urls"] for batch in batches) == count == manifest["urls"]
+    print(count, max(batch["urls"] for batch in batches), peak_kib())
+"""
+
+
+def test_reading_and_planning_a_list_take_the_memory_of_a_short_one(tmp_path: Path):
+    """The worker's tasks before the downloads hold no list: 100,000 URLs (batches of 50,000) peak
+    within a few MiB of 2,000 (batches of 1,000). Holding them took 25 MiB more."""
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_AND_PLAN, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (short, short_batch, short_peak), (long, long_batch, long_peak) = (
+        map(int, line.split()) for line in done.stdout.splitlines()
+    )
+    assert (short, short_batch, long, long_batch) == (2_000, 1_000, 100_000, 50_000)
+    assert long_peak - short_peak < 12 * 1024, f"peak grew {(long_peak - short_peak) / 1024:.1f} MiB"
+
+
+def test_a_plan_refuses_a_list_file_that_does_not_hold_the_urls_read_sources_counted(tmp_path: Path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "2026-05-04.txt").write_text(
+        "".join(f"https://a.example/{n}.jpg\n" for n in range(30))
+    )
+    manifest = read(tmp_path)
+    run = {"work_uri": (tmp_path / "work").as_uri(), "dag_run_id": context().dag_run_id, "max_batches": 1024}
+
+    with pytest.raises(
+        RuntimeError, match=r"holds only 30 URLs where read_sources counted 31.*Clear the whole run"
+    ):
+        pipeline.plan({**manifest, "urls": 31}, batch_size=10, **run)
+    with pytest.raises(RuntimeError, match=r"holds more URLs where read_sources counted 29"):
+        pipeline.plan({**manifest, "urls": 29}, batch_size=10, **run)
+    assert sum(batch["urls"] for batch in pipeline.plan(manifest, batch_size=10, **run)) == 30
+
+
+def test_a_list_that_breaks_halfway_leaves_no_work_files(tmp_path: Path):
+    """read_sources writes as it reads: a list that fails midway must not leave half a list to plan."""
+    (tmp_path / "lists").mkdir()
+    whole = gzip.compress(
+        "".join(f"https://a.example/{n}.jpg\nnot a url {n}\n" for n in range(50_000)).encode()
+    )
+    (tmp_path / "lists" / "2026-05-04.txt.gz").write_bytes(whole[: len(whole) // 2])
+
+    with pytest.raises(SourceFormatError, match="not a complete gzip file"):
+        read(tmp_path)
+
+    work = tmp_path / "work"
+    assert not work.exists() or [path for path in work.rglob("*") if path.is_file()] == []
 
 
 def test_a_missing_list_is_a_recorded_outcome_naming_the_paths(tmp_path: Path):

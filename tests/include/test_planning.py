@@ -12,10 +12,10 @@ from include.harvest.planning import (
     DEFAULT_MAX_BATCHES,
     MAX_AUTO_BATCH,
     MIN_AUTO_BATCH,
+    HostSpread,
+    batch_lengths,
     choose_batch_size,
     describe_batch,
-    plan_batches,
-    spread_hosts,
 )
 
 
@@ -23,50 +23,37 @@ def make_items(count: int, hosts: int = 7) -> list[UrlItem]:
     return [UrlItem(f"https://h{i % hosts}.example.com/{i}.jpg", i + 1) for i in range(count)]
 
 
-def flatten(batches: list[list[UrlItem]]) -> list[UrlItem]:
-    return [item for batch in batches for item in batch]
-
-
 def test_empty_input_plans_nothing() -> None:
-    assert plan_batches([]) == []
+    assert batch_lengths(0) == []
 
 
 def test_small_list_is_one_batch() -> None:
-    items = make_items(10)
-    assert plan_batches(items) == [items]
+    assert batch_lengths(10) == [10]
 
 
-def test_100k_items_fit_max_map_length_each_exactly_once_in_order() -> None:
-    items = make_items(100_000)
+def test_100k_urls_fit_max_map_length_each_exactly_once() -> None:
+    lengths = batch_lengths(100_000)
 
-    batches = plan_batches(items)
-
-    assert 1 <= len(batches) <= DEFAULT_MAX_BATCHES
-    assert flatten(batches) == items  # every item exactly once, order kept
-    assert max(len(b) for b in batches) <= DEFAULT_BATCH_SIZE
+    assert 1 <= len(lengths) <= DEFAULT_MAX_BATCHES
+    assert sum(lengths) == 100_000  # every URL in exactly one batch
+    assert max(lengths) <= DEFAULT_BATCH_SIZE
 
 
 def test_batches_are_balanced_not_a_tiny_straggler() -> None:
-    batches = plan_batches(make_items(1001), batch_size=500)
-
-    assert [len(b) for b in batches] == [334, 334, 333]
+    assert batch_lengths(1001, batch_size=500) == [334, 334, 333]
 
 
 def test_explicit_batch_size_is_honoured() -> None:
-    batches = plan_batches(make_items(2000), batch_size=250)
-
-    assert [len(b) for b in batches] == [250] * 8
+    assert batch_lengths(2000, batch_size=250) == [250] * 8
 
 
 def test_size_grows_when_the_list_would_exceed_max_batches(caplog: pytest.LogCaptureFixture) -> None:
-    items = make_items(5000)
-
     with caplog.at_level(logging.WARNING, logger="include.harvest.planning"):
-        batches = plan_batches(items, batch_size=10, max_batches=16)
+        lengths = batch_lengths(5000, batch_size=10, max_batches=16)
 
-    assert len(batches) == 16
-    assert flatten(batches) == items
-    assert max(len(b) for b in batches) == 313  # ceil(5000 / 16)
+    assert len(lengths) == 16
+    assert sum(lengths) == 5000
+    assert max(lengths) == 313  # ceil(5000 / 16)
     assert "batch_size 10 would make 500 batches" in caplog.text
     assert "using batches of 313" in caplog.text
 
@@ -81,13 +68,20 @@ def test_a_very_large_list_grows_the_default_size_silently(caplog: pytest.LogCap
 @pytest.mark.parametrize(("batch_size", "max_batches"), [(0, 10), (-5, 10), (10, 0)])
 def test_nonsense_limits_are_refused(batch_size: int, max_batches: int) -> None:
     with pytest.raises(ValueError, match="must be at least 1"):
-        plan_batches(make_items(3), batch_size=batch_size, max_batches=max_batches)
+        batch_lengths(3, batch_size=batch_size, max_batches=max_batches)
 
 
-def test_describe_batch_counts_urls_and_hosts() -> None:
-    assert describe_batch(make_items(500, hosts=2)) == "500 urls · 2 hosts"
-    assert describe_batch(make_items(1)) == "1 url · 1 host"
-    assert describe_batch([]) == "0 urls · 0 hosts"
+@pytest.mark.parametrize(
+    ("items", "label"),
+    [
+        (make_items(500, hosts=2), "500 urls · 2 hosts"),
+        (make_items(1), "1 url · 1 host"),
+        ([], "0 urls · 0 hosts"),
+    ],
+)
+def test_a_batch_is_labelled_with_its_urls_and_hosts(items: list[UrlItem], label: str) -> None:
+    with HostSpread(items) as batch:
+        assert describe_batch(batch.urls, batch.hosts) == label
 
 
 @pytest.mark.parametrize(
@@ -106,16 +100,16 @@ def test_describe_batch_counts_urls_and_hosts() -> None:
 def test_without_a_batch_size_batches_are_sized_from_the_list_and_the_worker_slots(
     urls: int, slots: int, batches: int
 ) -> None:
-    plan = plan_batches(make_items(urls), worker_slots=slots)
+    lengths = batch_lengths(urls, worker_slots=slots)
 
-    assert len(plan) == batches
-    assert flatten(plan) == make_items(urls)
-    assert all(len(batch) <= MAX_AUTO_BATCH for batch in plan)
-    assert all(len(batch) >= min(urls, MIN_AUTO_BATCH) for batch in plan)
+    assert len(lengths) == batches
+    assert sum(lengths) == urls
+    assert all(length <= MAX_AUTO_BATCH for length in lengths)
+    assert all(length >= min(urls, MIN_AUTO_BATCH) for length in lengths)
 
 
 def test_an_explicit_batch_size_wins_over_the_worker_slots() -> None:
-    assert len(plan_batches(make_items(2_000), batch_size=100, worker_slots=4)) == 20
+    assert len(batch_lengths(2_000, batch_size=100, worker_slots=4)) == 20
     with pytest.raises(ValueError, match="worker_slots must be at least 1"):
         choose_batch_size(10, worker_slots=0)
 
@@ -128,7 +122,8 @@ def test_a_list_sorted_by_host_is_written_with_every_window_holding_the_batchs_m
         + [UrlItem(f"https://small{n}.example/x.jpg") for n in range(100)]
     )
 
-    spread = spread_hosts(batch)
+    with HostSpread(batch) as spread_batch:
+        spread = list(spread_batch)
 
     assert sorted(item.url for item in spread) == sorted(item.url for item in batch)
     for host in ("big.example", "mid.example"):  # a host's own URLs keep their order
