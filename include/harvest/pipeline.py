@@ -161,6 +161,9 @@ def read_sources(
 ) -> dict[str, Any]:
     """Read, normalise and de-duplicate the run's URLs into the workspace; return the manifest.
 
+    The URLs and the rejected lines are written to the run's work files as they are read, and the
+    files appear only once the whole list is read: the task holds none of the list (:mod:`.sources`).
+
     An explicit list file (``source``) must lie under ``list_base_uri`` or one of ``list_roots``
     (``HARVEST_LIST_ROOTS``), or :class:`~.sources.SourceNotAllowed` is raised before anything is
     touched.
@@ -266,7 +269,7 @@ def plan(
         uri = workspace.batch_uri(index)
         with planning.HostSpread(itertools.islice(items, length)) as batch:
             if batch.urls < length:
-                raise RuntimeError(_short_list(manifest, sum(lengths[:index]) + batch.urls))
+                raise RuntimeError(_list_mismatch(manifest, sum(lengths[:index]) + batch.urls))
             write_items(uri, batch)
         planned.append(
             {
@@ -279,12 +282,12 @@ def plan(
             }
         )
     if next(items, None) is not None:
-        raise RuntimeError(_short_list(manifest, None))
+        raise RuntimeError(_list_mismatch(manifest, None))
     log.info("Planned %d URLs into %d batches", manifest["urls"], len(planned))
     return planned
 
 
-def _short_list(manifest: Mapping[str, Any], found: int | None) -> str:
+def _list_mismatch(manifest: Mapping[str, Any], found: int | None) -> str:
     held = "more" if found is None else f"only {found:,}"
     return (
         f"{manifest['items_uri']} holds {held} URLs where read_sources counted {manifest['urls']:,}: the "
