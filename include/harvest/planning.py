@@ -146,7 +146,7 @@ class HostSpread:
 
     Spreading reorders the whole batch, so the URLs go through a private SQLite database, which
     sorts them in a few MiB of memory and a temporary file: planning a batch of 50,000 URLs costs
-    the memory of one of 1,000. Iterate it once, then :meth:`close` it (or use ``with``).
+    the memory of one of 1,000. Iterate it, then :meth:`close` it (or use ``with``).
     """
 
     def __init__(self, items: Iterable[UrlItem]) -> None:

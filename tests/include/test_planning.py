@@ -133,3 +133,16 @@ def test_a_list_sorted_by_host_is_written_with_every_window_holding_the_batchs_m
         window = Counter(urlsplit(item.url).hostname for item in spread[start : start + 100])
         small = sum(count for host, count in window.items() if host and host.startswith("small"))
         assert 57 <= window["big.example"] <= 63 and 27 <= window["mid.example"] <= 33 and 7 <= small <= 13
+
+
+def test_a_spread_batch_keeps_each_urls_line_and_columns() -> None:
+    """A URL's line and CSV columns go with it, an undecodable byte of the list's columns included."""
+    batch = [
+        UrlItem("https://a.example/1.jpg", 3, {"caption": "caf\udce9", "id": "7"}),
+        UrlItem("https://b.example/2.jpg", 5, None),
+        UrlItem("https://a.example/3.jpg", 9, {}),
+    ]
+
+    with HostSpread(batch) as spread:
+        assert (spread.urls, spread.hosts) == (3, 2)
+        assert sorted(spread, key=lambda item: item.line or 0) == batch
