@@ -38,11 +38,8 @@ __all__ = [
     "JsonlWriter",
     "RunWorkspace",
     "exists",
-    "item_from_record",
-    "item_record",
     "iter_items",
     "open_items",
-    "open_jsonl",
     "open_results",
     "read_items",
     "read_results",
@@ -65,7 +62,7 @@ def write_jsonl(uri: str, records: Iterable[dict[str, Any]]) -> int:
     If ``records`` raises halfway (or the write fails), nothing appears under ``uri`` and nothing
     is left behind: an earlier file of that name stays as it was.
     """
-    with open_jsonl(uri) as out:
+    with _open(uri, lambda record: record) as out:
         for record in records:
             out.append(record)
     return len(out)
@@ -88,20 +85,16 @@ class JsonlWriter(Generic[T]):
         return self._count
 
 
-def open_jsonl(uri: str) -> contextlib.AbstractContextManager[JsonlWriter[dict[str, Any]]]:
-    """A :class:`JsonlWriter` of records whose file appears under ``uri`` when the block ends
-    without an error; if the block raises, nothing appears and nothing is left behind."""
-    return _open(uri, lambda record: record)
-
-
 def open_items(uri: str) -> contextlib.AbstractContextManager[JsonlWriter[UrlItem]]:
-    """:func:`open_jsonl` for URLs: a task that writes several work files from one pass over its
-    input (``read_sources`` writes the URLs and the rejected lines together) holds none of them."""
-    return _open(uri, item_record)
+    """A :class:`JsonlWriter` of URLs whose file appears under ``uri`` when the block ends without
+    an error; if the block raises, nothing appears and nothing is left behind (as with
+    :func:`write_jsonl`). For a task that writes several work files from one pass over its input
+    (``read_sources`` writes the URLs and the rejected lines together) and holds none of them."""
+    return _open(uri, _item_record)
 
 
 def open_results(uri: str) -> contextlib.AbstractContextManager[JsonlWriter[Result]]:
-    """:func:`open_jsonl` for results (:func:`read_results` reads them back)."""
+    """:func:`open_items` for results (:func:`read_results` reads them back)."""
     return _open(uri, Result.to_record)
 
 
@@ -159,11 +152,10 @@ def _iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
 
 
 def write_items(uri: str, items: Iterable[UrlItem]) -> int:
-    return write_jsonl(uri, map(item_record, items))
+    return write_jsonl(uri, map(_item_record, items))
 
 
-def item_record(item: UrlItem) -> dict[str, Any]:
-    """A URL as a line of a work file (:func:`iter_items` reads it back)."""
+def _item_record(item: UrlItem) -> dict[str, Any]:
     return {"url": item.url, "line": item.line, "meta": item.meta}
 
 
@@ -182,12 +174,8 @@ def read_items(uri: str) -> list[UrlItem]:
 
 def iter_items(uri: str) -> Iterator[UrlItem]:
     """The items of a work file, read as they are asked for (a batch task streams its batch)."""
-    return map(item_from_record, _iter_jsonl(uri))
-
-
-def item_from_record(record: dict[str, Any]) -> UrlItem:
-    """A URL from a line of a work file (:func:`item_record` wrote it)."""
-    return UrlItem(url=record["url"], line=record.get("line"), meta=record.get("meta"))
+    for record in _iter_jsonl(uri):
+        yield UrlItem(url=record["url"], line=record.get("line"), meta=record.get("meta"))
 
 
 def read_results(uris: Iterable[str]) -> Iterator[Result]:
